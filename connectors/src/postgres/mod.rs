@@ -1,0 +1,17 @@
+//! PostgreSQL CDC source: snapshot, then logical replication with pgoutput.
+
+mod config;
+
+pub use config::{PostgresSourceConfig, SnapshotMode};
+
+use strata_pipeline::topology::{Ports, Role, TypedKind};
+
+pub fn kind() -> TypedKind<PostgresSourceConfig> {
+    TypedKind {
+        name: "postgres",
+        role: Role::Source,
+        summary: "captures PostgreSQL tables: consistent snapshot, then pgoutput logical replication",
+        ports: |_| Ports::default(),
+        check: PostgresSourceConfig::check,
+    }
+}

@@ -1,0 +1,17 @@
+//! Hot store (cloud tier): latest state of each claim with its analysis, in PostgreSQL.
+
+mod config;
+
+pub use config::HotSinkConfig;
+
+use strata_pipeline::topology::{Ports, Role, TypedKind};
+
+pub fn kind() -> TypedKind<HotSinkConfig> {
+    TypedKind {
+        name: "hot_store",
+        role: Role::Sink,
+        summary: "PostgreSQL tables with the latest state per claim, position-guarded upserts",
+        ports: |_| Ports::default(),
+        check: HotSinkConfig::check,
+    }
+}

@@ -1,0 +1,17 @@
+//! Warm store (both tiers): PostgreSQL partitioned by month of service date.
+
+mod config;
+
+pub use config::WarmSinkConfig;
+
+use strata_pipeline::topology::{Ports, Role, TypedKind};
+
+pub fn kind() -> TypedKind<WarmSinkConfig> {
+    TypedKind {
+        name: "warm_store",
+        role: Role::Sink,
+        summary: "PostgreSQL, partitioned by month; partitions created ahead, detached as they age",
+        ports: |_| Ports::default(),
+        check: WarmSinkConfig::check,
+    }
+}

@@ -1,0 +1,36 @@
+//! Kafka plumbing: client settings from the topology, and topic administration.
+
+mod admin;
+mod config;
+
+pub use admin::{ensure_topics, TopicSpec};
+pub use config::client_config;
+
+/// Errors talking to Kafka. Transient ones are worth a retry; the rest need a fix.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("cannot create a Kafka client for {brokers}: {source}; check `kafka` in the topology")]
+    Client {
+        brokers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("Kafka at {brokers} did not answer: {source}; is the broker running? (scripts/services.sh start)")]
+    Unreachable {
+        brokers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("cannot create topic `{topic}`: {code}")]
+    CreateTopic {
+        topic: String,
+        code: rdkafka::types::RDKafkaErrorCode,
+    },
+}
+
+impl KafkaError {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, KafkaError::Unreachable { .. })
+    }
+}

@@ -1,0 +1,17 @@
+//! Claim analysis: validation, classification and scoring with reasons.
+
+mod config;
+
+pub use config::{ClaimAnalysisConfig, RoutingThresholds};
+
+use crate::topology::{Ports, Role, TypedKind};
+
+pub fn kind() -> TypedKind<ClaimAnalysisConfig> {
+    TypedKind {
+        name: "claim_analysis",
+        role: Role::Processor,
+        summary: "validates, classifies and scores claims; routes them to approve, review or investigate",
+        ports: |_| Ports::default(),
+        check: ClaimAnalysisConfig::check,
+    }
+}

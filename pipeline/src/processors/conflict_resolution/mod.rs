@@ -1,0 +1,19 @@
+//! Conflict resolution: replicas that both write converge on the same state.
+
+mod config;
+
+pub use config::{ConflictConfig, FieldGroup, Policy, TablePolicy};
+
+use crate::topology::{Ports, Role, TypedKind};
+
+pub fn kind() -> TypedKind<ConflictConfig> {
+    TypedKind {
+        name: "conflict_resolution",
+        role: Role::Processor,
+        summary: "merges changes from cloud and on-prem replicas deterministically; audits each conflict",
+        ports: |_| Ports {
+            named: vec!["audit".into()],
+        },
+        check: ConflictConfig::check,
+    }
+}

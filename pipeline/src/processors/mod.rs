@@ -1,0 +1,5 @@
+//! Stateful processors, one folder each with its config, logic and tests.
+
+pub mod claim_analysis;
+pub mod conflict_resolution;
+pub mod tiering;

@@ -1,0 +1,92 @@
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::topology::units::Duration;
+use crate::topology::{DiagnosticKind, SettingsError};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TieringConfig {
+    /// Column of the claim whose age decides its tier.
+    #[serde(default = "default_age_field")]
+    pub age_field: String,
+    /// Claims younger than this are hot.
+    #[serde(default = "default_hot")]
+    pub hot_max_age: Duration,
+    /// Claims younger than this (and not hot) are warm; older ones are cold.
+    #[serde(default = "default_warm")]
+    pub warm_max_age: Duration,
+    /// What happens to sensitive columns on their way to the cloud tiers.
+    #[serde(default)]
+    pub pii: PiiPolicy,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PiiPolicy {
+    #[serde(default)]
+    pub mode: PiiMode,
+    /// Key id written into encrypted events (`encrypt` mode).
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// File holding the 32-byte AES-256-GCM key (`encrypt` mode), or the tokenisation secret.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PiiMode {
+    /// Sensitive columns are removed before the cloud tiers.
+    #[default]
+    Drop,
+    /// Replaced by a keyed hash, so joins still work.
+    Tokenize,
+    /// Encrypted with AES-256-GCM; the key id travels with the event.
+    Encrypt,
+}
+
+fn default_age_field() -> String {
+    "service_date_from".into()
+}
+fn default_hot() -> Duration {
+    Duration(std::time::Duration::from_secs(90 * 86_400))
+}
+fn default_warm() -> Duration {
+    Duration(std::time::Duration::from_secs(365 * 86_400))
+}
+
+impl TieringConfig {
+    pub fn check(&self) -> Vec<SettingsError> {
+        let mut errors = Vec::new();
+        if self.hot_max_age >= self.warm_max_age {
+            errors.push(SettingsError {
+                kind: DiagnosticKind::InvalidValue,
+                path: "warm_max_age".into(),
+                message: format!(
+                    "warm_max_age ({}) must be longer than hot_max_age ({})",
+                    self.warm_max_age, self.hot_max_age
+                ),
+                hint: Some("the defaults are 90d and 365d".into()),
+            });
+        }
+        if self.pii.mode != PiiMode::Drop && self.pii.key_file.is_none() {
+            errors.push(SettingsError {
+                kind: DiagnosticKind::MissingField,
+                path: "pii.key_file".into(),
+                message: "pii modes `tokenize` and `encrypt` need a `key_file`".into(),
+                hint: Some("point key_file at a file with 32 random bytes, readable only by Strata".into()),
+            });
+        }
+        if self.pii.mode == PiiMode::Encrypt && self.pii.key_id.is_none() {
+            errors.push(SettingsError {
+                kind: DiagnosticKind::MissingField,
+                path: "pii.key_id".into(),
+                message: "pii mode `encrypt` needs a `key_id` to write into events".into(),
+                hint: None,
+            });
+        }
+        errors
+    }
+}

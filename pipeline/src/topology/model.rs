@@ -1,0 +1,205 @@
+//! The typed topology: global settings plus the components and how they connect.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::catalog::Role;
+use super::units::Size;
+use crate::secret::Secret;
+
+/// The current topology file format.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A checked topology, ready to run.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub region: String,
+    pub kafka: KafkaSettings,
+    pub schema_registry: RegistrySettings,
+    pub state: StateSettings,
+    pub topics: TopicSettings,
+    pub observability: ObservabilitySettings,
+    /// Components in file order: sources, then processors, then sinks.
+    pub components: Vec<Component>,
+}
+
+impl Topology {
+    pub fn component(&self, name: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.name == name)
+    }
+
+    /// The dead-letter topic of this region.
+    pub fn dead_letter_topic(&self) -> String {
+        self.topics
+            .dead_letter
+            .clone()
+            .unwrap_or_else(|| format!("{}.dead-letter", self.region))
+    }
+
+    /// The topic a component's output (default or named port) is written to.
+    pub fn output_topic(&self, component: &str, port: Option<&str>) -> String {
+        match port {
+            Some(port) => format!("{}.{component}.{port}", self.region),
+            None => format!("{}.{component}", self.region),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub name: String,
+    pub role: Role,
+    pub kind: String,
+    pub inputs: Vec<Input>,
+    pub ports: Vec<String>,
+    /// The component's own settings, checked by its kind.
+    pub settings: serde_yaml_ng::Value,
+}
+
+/// What a component reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Input {
+    /// Another component's default output, or one of its named ports.
+    Component { name: String, port: Option<String> },
+    /// A Kafka topic written outside this topology (for example mirrored from another region).
+    Topic(String),
+}
+
+impl Input {
+    pub fn parse(text: &str) -> Input {
+        if let Some(topic) = text.strip_prefix("topic:") {
+            return Input::Topic(topic.to_string());
+        }
+        match text.split_once('.') {
+            Some((name, port)) => Input::Component {
+                name: name.to_string(),
+                port: Some(port.to_string()),
+            },
+            None => Input::Component {
+                name: text.to_string(),
+                port: None,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Component { name, port: None } => write!(f, "{name}"),
+            Input::Component {
+                name,
+                port: Some(p),
+            } => write!(f, "{name}.{p}"),
+            Input::Topic(t) => write!(f, "topic:{t}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Producer acknowledgements; Strata needs `all` for its no-loss guarantee.
+    #[serde(default = "default_acks")]
+    pub acks: String,
+    /// SASL mechanism (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`), if the cluster needs it.
+    #[serde(default)]
+    pub sasl_mechanism: Option<String>,
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    #[serde(default)]
+    pub sasl_password: Option<Secret>,
+    /// Use TLS to the brokers.
+    #[serde(default)]
+    pub tls: bool,
+    /// CA bundle for TLS, if not the system one.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Extra librdkafka properties, passed through as they are.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_acks() -> String {
+    "all".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// Base URL of a Confluent-compatible schema registry.
+    pub url: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// PEM CA bundle for an `https` registry, if not the system one.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Let a table's stream go on when a schema change fails the registry's compatibility check.
+    #[serde(default)]
+    pub allow_incompatible: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSettings {
+    /// Directory of the RocksDB state of this deployment.
+    pub dir: PathBuf,
+    /// RocksDB block cache shared by all stores.
+    #[serde(default = "default_cache")]
+    pub cache_size: Size,
+    /// Replication factor of changelog topics.
+    #[serde(default = "default_replication")]
+    pub changelog_replication_factor: i16,
+}
+
+fn default_cache() -> Size {
+    Size(64 << 20)
+}
+
+fn default_replication() -> i16 {
+    1
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    /// Partitions of topics Strata creates.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication")]
+    pub replication_factor: i16,
+    /// Dead-letter topic; defaults to `<region>.dead-letter`.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+}
+
+fn default_partitions() -> i32 {
+    4
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservabilitySettings {
+    /// Address of the `/metrics`, `/health` and `/ready` endpoints.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ObservabilitySettings {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9898))
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what building and testing Strata needs on Debian 12: system packages and the
+# tansu broker. Safe to run again: it skips what is already there.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+packages=(build-essential pkg-config cmake clang libclang-dev libssl-dev libsasl2-dev
+  zlib1g-dev libzstd-dev curl ca-certificates postgresql-15 postgresql-client-15 procps)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The cluster Strata uses is private (scripts/services.sh); Debian's default one is not needed.
+if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q '^15 *main .*online'; then
+  log "note: Debian's own PostgreSQL cluster is running on its default port; Strata uses its own on $PG_PORT"
+fi
+
+command -v cargo >/dev/null || die "cargo is not installed; install Rust with rustup first"
+
+TANSU_VERSION="${STRATA_TANSU_VERSION:-0.6.0}"
+if ! command -v tansu >/dev/null || ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  log "building the tansu broker $TANSU_VERSION (takes about 10 minutes on 2 cores, once)"
+  CARGO_TARGET_DIR="${STRATA_TOOLS_TARGET_DIR:-$HOME/.cache/strata/tansu-target}" \
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+fi
+log "dependencies are installed"

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Sets up everything and runs the whole test suite: installs dependencies, starts the
+# local services, validates every topology file and runs `cargo test`.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+scripts/install-deps.sh
+eval "$(scripts/services.sh start)"
+
+log "building"
+cargo build --workspace --all-targets
+
+log "validating topologies/*.yaml"
+"$CARGO_TARGET_DIR/debug/strata" validate topologies/*.yaml
+
+log "running the tests"
+cargo test --workspace --all-targets "$@"

@@ -1,0 +1,77 @@
+//! Shared test helpers: service addresses and waiting for conditions with a deadline.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use strata_pipeline::ops::shutdown::CancellationToken;
+
+/// Address of the broker started by scripts/services.sh.
+pub fn kafka_brokers() -> String {
+    std::env::var("STRATA_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// The claims database of the private PostgreSQL cluster.
+pub fn pg_url() -> String {
+    std::env::var("STRATA_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:15432/claims".into())
+}
+
+/// The schema registry started by scripts/services.sh.
+pub fn registry_url() -> String {
+    std::env::var("STRATA_SCHEMA_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:18081".into())
+}
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A schema registry served in-process on a free port, with its state in `dir`.
+pub struct Registry {
+    pub url: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn start_registry(dir: &Path) -> Registry {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("a free port");
+    let url = format!("http://{}", listener.local_addr().expect("bound"));
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let dir = dir.to_path_buf();
+    let task = tokio::spawn(async move {
+        strata::registry::serve_on(listener, dir, token).await.expect("registry serves");
+    });
+    Registry { url, stop, task }
+}
+
+impl Registry {
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.task.await.expect("registry task ends");
+    }
+}
