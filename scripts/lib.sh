@@ -23,3 +23,7 @@ wait_for() {
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Every build uses the same target selection: with feature resolver 2, building a subset
+# (say only the binary) resolves other features and rebuilds RocksDB and librdkafka.
+BUILD_FLAGS=(--workspace --all-targets)

@@ -7,7 +7,7 @@ cd "$REPO_ROOT"
 
 scripts/install-deps.sh
 eval "$(scripts/services.sh start)"
-cargo build -q --bin strata
+cargo build -q "${BUILD_FLAGS[@]}"
 STRATA="$CARGO_TARGET_DIR/debug/strata"
 
 "$STRATA" validate topologies/quickstart.yaml

@@ -102,7 +102,7 @@ stop_pidfile() {
 
 strata_bin() {
   if [ -n "${STRATA_BIN:-}" ]; then echo "$STRATA_BIN"; return; fi
-  (cd "$REPO_ROOT" && cargo build -q --bin strata) || die "cannot build strata"
+  (cd "$REPO_ROOT" && cargo build -q "${BUILD_FLAGS[@]}") || die "cannot build strata"
   echo "$CARGO_TARGET_DIR/debug/strata"
 }
 

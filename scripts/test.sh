@@ -9,10 +9,10 @@ scripts/install-deps.sh
 eval "$(scripts/services.sh start)"
 
 log "building"
-cargo build --workspace --all-targets
+cargo build "${BUILD_FLAGS[@]}"
 
 log "validating topologies/*.yaml"
 "$CARGO_TARGET_DIR/debug/strata" validate topologies/*.yaml
 
 log "running the tests"
-cargo test --workspace --all-targets "$@"
+cargo test "${BUILD_FLAGS[@]}" "$@"

@@ -7,15 +7,25 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use strata_pipeline::ops::logging::{self, LogFormat};
 use strata::{components, registry};
+use strata_pipeline::ops::logging::{self, LogFormat};
 use strata_pipeline::topology;
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "CDC and stream processing for claims data")]
+#[command(
+    name = "strata",
+    version,
+    about = "CDC and stream processing for claims data"
+)]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "STRATA_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "STRATA_LOG_FORMAT"
+    )]
     log_format: LogFormatArg,
     #[command(subcommand)]
     command: Command,
@@ -63,7 +73,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8081", env = "STRATA_REGISTRY_LISTEN")]
         listen: SocketAddr,
         /// Directory holding the registry's durable log.
-        #[arg(long, default_value = "./.strata/registry", env = "STRATA_REGISTRY_DIR")]
+        #[arg(
+            long,
+            default_value = "./.strata/registry",
+            env = "STRATA_REGISTRY_DIR"
+        )]
         data_dir: PathBuf,
     },
 }
@@ -113,7 +127,12 @@ fn main() -> ExitCode {
         },
         Command::Kinds => {
             for kind in catalog.kinds() {
-                println!("{:<10} {:<20} {}", kind.role().section(), kind.name(), kind.summary());
+                println!(
+                    "{:<10} {:<20} {}",
+                    kind.role().section(),
+                    kind.name(),
+                    kind.summary()
+                );
             }
             ExitCode::SUCCESS
         }

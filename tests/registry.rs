@@ -12,14 +12,19 @@ const V_REQUIRED: &str = r#"{"type":"record","name":"Claim","fields":[{"name":"i
 
 async fn call(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
     let client = reqwest::Client::new();
-    let mut req = client.request(method, url).header("Content-Type", "application/vnd.schemaregistry.v1+json");
+    let mut req = client
+        .request(method, url)
+        .header("Content-Type", "application/vnd.schemaregistry.v1+json");
     if let Some(b) = body {
         req = req.body(b.to_string());
     }
     let resp = req.send().await.expect("registry answers");
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 fn schema(s: &str) -> Option<Value> {
@@ -42,12 +47,27 @@ async fn confluent_api_semantics() {
 
     let (s, b) = call(M::POST, u("/subjects/claims-value/versions"), schema(V2)).await;
     assert_eq!((s, &b["id"]), (200, &json!(2)));
-    let (s, b) = call(M::POST, u("/subjects/claims-value/versions"), schema(V_REQUIRED)).await;
+    let (s, b) = call(
+        M::POST,
+        u("/subjects/claims-value/versions"),
+        schema(V_REQUIRED),
+    )
+    .await;
     assert_eq!((s, &b["error_code"]), (409, &json!(409)), "{b}");
 
-    let (s, b) = call(M::POST, u("/subjects/claims-value/versions"), schema("{\"type\": \"recor")).await;
+    let (s, b) = call(
+        M::POST,
+        u("/subjects/claims-value/versions"),
+        schema("{\"type\": \"recor"),
+    )
+    .await;
     assert_eq!((s, &b["error_code"]), (422, &json!(42201)), "{b}");
-    let (s, b) = call(M::POST, u("/subjects/claims-value/versions"), schema(r#"{"type":"record","name":"x"}"#)).await;
+    let (s, b) = call(
+        M::POST,
+        u("/subjects/claims-value/versions"),
+        schema(r#"{"type":"record","name":"x"}"#),
+    )
+    .await;
     assert_eq!((s, &b["error_code"]), (422, &json!(42201)), "{b}");
 
     let (_, subjects) = call(M::GET, u("/subjects"), None).await;
@@ -55,7 +75,10 @@ async fn confluent_api_semantics() {
     let (_, versions) = call(M::GET, u("/subjects/claims-value/versions"), None).await;
     assert_eq!(versions, json!([1, 2]));
     let (s, latest) = call(M::GET, u("/subjects/claims-value/versions/latest"), None).await;
-    assert_eq!((s, &latest["version"], &latest["id"], &latest["subject"]), (200, &json!(2), &json!(2), &json!("claims-value")));
+    assert_eq!(
+        (s, &latest["version"], &latest["id"], &latest["subject"]),
+        (200, &json!(2), &json!(2), &json!("claims-value"))
+    );
     let (s, b) = call(M::GET, u("/subjects/nope/versions/1"), None).await;
     assert_eq!((s, &b["error_code"]), (404, &json!(40401)));
     let (s, b) = call(M::GET, u("/subjects/claims-value/versions/9"), None).await;
@@ -70,32 +93,78 @@ async fn confluent_api_semantics() {
     assert_eq!((s, &b["error_code"]), (404, &json!(40403)));
 
     let (s, found) = call(M::POST, u("/subjects/claims-value"), schema(V1)).await;
-    assert_eq!((s, &found["version"], &found["id"]), (200, &json!(1), &json!(1)));
+    assert_eq!(
+        (s, &found["version"], &found["id"]),
+        (200, &json!(1), &json!(1))
+    );
     let (s, b) = call(M::POST, u("/subjects/claims-value"), schema(V_REQUIRED)).await;
     assert_eq!((s, &b["error_code"]), (404, &json!(40403)));
 
-    let (_, c) = call(M::POST, u("/compatibility/subjects/claims-value/versions/latest"), schema(V_REQUIRED)).await;
+    let (_, c) = call(
+        M::POST,
+        u("/compatibility/subjects/claims-value/versions/latest"),
+        schema(V_REQUIRED),
+    )
+    .await;
     assert_eq!(c["is_compatible"], false);
-    let (_, c) = call(M::POST, u("/compatibility/subjects/claims-value/versions/1?verbose=true"), schema(V2)).await;
+    let (_, c) = call(
+        M::POST,
+        u("/compatibility/subjects/claims-value/versions/1?verbose=true"),
+        schema(V2),
+    )
+    .await;
     assert_eq!(c["is_compatible"], true, "{c}");
 
     let (_, g) = call(M::GET, u("/config"), None).await;
     assert_eq!(g["compatibilityLevel"], "BACKWARD");
-    let (s, b) = call(M::PUT, u("/config"), Some(json!({"compatibility": "SIDEWAYS"}))).await;
+    let (s, b) = call(
+        M::PUT,
+        u("/config"),
+        Some(json!({"compatibility": "SIDEWAYS"})),
+    )
+    .await;
     assert_eq!((s, &b["error_code"]), (422, &json!(42203)));
     let (s, b) = call(M::GET, u("/config/claims-value"), None).await;
     assert_eq!((s, &b["error_code"]), (404, &json!(40408)));
-    let (s, _) = call(M::PUT, u("/config/claims-value"), Some(json!({"compatibility": "FORWARD"}))).await;
+    let (s, _) = call(
+        M::PUT,
+        u("/config/claims-value"),
+        Some(json!({"compatibility": "FORWARD"})),
+    )
+    .await;
     assert_eq!(s, 200);
-    let (_, c) = call(M::POST, u("/compatibility/subjects/claims-value/versions/latest"), schema(V_REQUIRED)).await;
-    assert_eq!(c["is_compatible"], true, "adding a required field is FORWARD compatible");
-    for level in ["NONE", "FULL", "FULL_TRANSITIVE", "BACKWARD_TRANSITIVE", "FORWARD_TRANSITIVE"] {
-        let (s, b) = call(M::PUT, u("/config/claims-value"), Some(json!({"compatibility": level}))).await;
+    let (_, c) = call(
+        M::POST,
+        u("/compatibility/subjects/claims-value/versions/latest"),
+        schema(V_REQUIRED),
+    )
+    .await;
+    assert_eq!(
+        c["is_compatible"], true,
+        "adding a required field is FORWARD compatible"
+    );
+    for level in [
+        "NONE",
+        "FULL",
+        "FULL_TRANSITIVE",
+        "BACKWARD_TRANSITIVE",
+        "FORWARD_TRANSITIVE",
+    ] {
+        let (s, b) = call(
+            M::PUT,
+            u("/config/claims-value"),
+            Some(json!({"compatibility": level})),
+        )
+        .await;
         assert_eq!((s, &b["compatibility"]), (200, &json!(level)));
     }
 
     let (s, b) = call(M::DELETE, u("/subjects/other-value?permanent=true"), None).await;
-    assert_eq!((s, &b["error_code"]), (404, &json!(40405)), "soft delete comes first");
+    assert_eq!(
+        (s, &b["error_code"]),
+        (404, &json!(40405)),
+        "soft delete comes first"
+    );
     let (s, b) = call(M::DELETE, u("/subjects/other-value"), None).await;
     assert_eq!((s, b), (200, json!([1])));
     let (_, subjects) = call(M::GET, u("/subjects"), None).await;
@@ -116,18 +185,43 @@ async fn state_survives_a_restart() {
     use reqwest::Method as M;
     let dir = tempfile::tempdir().unwrap();
     let r = start(dir.path()).await;
-    call(M::POST, format!("{}/subjects/a-value/versions", r.url), schema(V1)).await;
-    let (_, b) = call(M::POST, format!("{}/subjects/a-value/versions", r.url), schema(V2)).await;
+    call(
+        M::POST,
+        format!("{}/subjects/a-value/versions", r.url),
+        schema(V1),
+    )
+    .await;
+    let (_, b) = call(
+        M::POST,
+        format!("{}/subjects/a-value/versions", r.url),
+        schema(V2),
+    )
+    .await;
     let v2_id = b["id"].clone();
-    call(M::PUT, format!("{}/config/a-value", r.url), Some(json!({"compatibility": "FULL"}))).await;
+    call(
+        M::PUT,
+        format!("{}/config/a-value", r.url),
+        Some(json!({"compatibility": "FULL"})),
+    )
+    .await;
     r.shutdown().await;
 
     let r = start(dir.path()).await;
-    let (_, latest) = call(M::GET, format!("{}/subjects/a-value/versions/latest", r.url), None).await;
+    let (_, latest) = call(
+        M::GET,
+        format!("{}/subjects/a-value/versions/latest", r.url),
+        None,
+    )
+    .await;
     assert_eq!((&latest["version"], &latest["id"]), (&json!(2), &v2_id));
     let (_, c) = call(M::GET, format!("{}/config/a-value", r.url), None).await;
     assert_eq!(c["compatibilityLevel"], "FULL");
-    let (_, b) = call(M::POST, format!("{}/subjects/b-value/versions", r.url), schema(r#"{"type":"string"}"#)).await;
+    let (_, b) = call(
+        M::POST,
+        format!("{}/subjects/b-value/versions", r.url),
+        schema(r#"{"type":"string"}"#),
+    )
+    .await;
     assert_eq!(b["id"], 3, "ids continue after a restart");
     r.shutdown().await;
 }

@@ -19,7 +19,12 @@ async fn broker_carries_records_through_a_consumer_group() {
     config.set("bootstrap.servers", &brokers);
     ensure_topics(
         &config,
-        &[TopicSpec { name: topic.clone(), partitions: 2, replication_factor: 1, compacted: false }],
+        &[TopicSpec {
+            name: topic.clone(),
+            partitions: 2,
+            replication_factor: 1,
+            compacted: false,
+        }],
     )
     .await
     .expect("topic created");
@@ -34,7 +39,10 @@ async fn broker_carries_records_through_a_consumer_group() {
         let key = format!("k{i}");
         let value = format!("v{i}");
         producer
-            .send(FutureRecord::to(&topic).key(&key).payload(&value), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(&topic).key(&key).payload(&value),
+                Duration::from_secs(10),
+            )
             .await
             .map_err(|(e, _)| e)
             .expect("acknowledged");
@@ -53,7 +61,9 @@ async fn broker_carries_records_through_a_consumer_group() {
         while seen.len() < 10 {
             let msg = consumer.recv().await.expect("a record");
             seen.insert(String::from_utf8(msg.payload().unwrap().to_vec()).unwrap());
-            consumer.commit_message(&msg, CommitMode::Sync).expect("offset committed");
+            consumer
+                .commit_message(&msg, CommitMode::Sync)
+                .expect("offset committed");
         }
     })
     .await
@@ -64,9 +74,17 @@ async fn broker_carries_records_through_a_consumer_group() {
 
 #[tokio::test]
 async fn postgres_is_ready_for_logical_replication() {
-    let mut conn = sqlx::PgConnection::connect(&support::pg_url()).await.expect("connect");
-    let wal_level: String = sqlx::query_scalar("SHOW wal_level").fetch_one(&mut conn).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&support::pg_url())
+        .await
+        .expect("connect");
+    let wal_level: String = sqlx::query_scalar("SHOW wal_level")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(wal_level, "logical");
-    let slots: String = sqlx::query_scalar("SHOW max_replication_slots").fetch_one(&mut conn).await.unwrap();
+    let slots: String = sqlx::query_scalar("SHOW max_replication_slots")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert!(slots.parse::<u32>().unwrap() >= 10);
 }

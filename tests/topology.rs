@@ -15,8 +15,7 @@ fn load(path: &str) -> Result<topology::Topology, Diagnostics> {
 }
 
 fn broken(name: &str) -> Diagnostics {
-    load(&format!("tests/topologies/invalid/{name}.yaml"))
-        .expect_err("a broken file must not load")
+    load(&format!("tests/topologies/invalid/{name}.yaml")).expect_err("a broken file must not load")
 }
 
 #[test]
@@ -38,7 +37,10 @@ fn every_shipped_topology_is_valid() {
 fn region_flows_into_topics() {
     let east = load("topologies/us-east.yaml").unwrap();
     let west = load("topologies/eu-west.yaml").unwrap();
-    assert_eq!(east.output_topic("tiering", Some("hot")), "us-east.tiering.hot");
+    assert_eq!(
+        east.output_topic("tiering", Some("hot")),
+        "us-east.tiering.hot"
+    );
     assert_eq!(west.dead_letter_topic(), "eu-west.dead-letter");
 }
 
@@ -62,7 +64,10 @@ fn assert_one(d: &Diagnostics, kind: DiagnosticKind, path: &str, needle: &str) {
         .unwrap_or_else(|| panic!("no {kind:?} in:\n{d}"));
     assert_eq!(found.path, path, "{d}");
     assert!(found.location.is_some(), "a line and column: {d}");
-    assert!(found.message.contains(needle), "message mentions `{needle}`: {d}");
+    assert!(
+        found.message.contains(needle),
+        "message mentions `{needle}`: {d}"
+    );
 }
 
 #[test]
@@ -77,42 +82,81 @@ fn yaml_syntax_error_has_line_and_column() {
 #[test]
 fn unknown_field_names_the_field() {
     let d = broken("unknown_field");
-    assert_one(&d, DiagnosticKind::UnknownField, "sources.db.snapshot_chunk_size", "snapshot_chunk_size");
+    assert_one(
+        &d,
+        DiagnosticKind::UnknownField,
+        "sources.db.snapshot_chunk_size",
+        "snapshot_chunk_size",
+    );
 }
 
 #[test]
 fn unknown_kind_suggests_the_near_one() {
     let d = broken("unknown_kind");
-    assert_one(&d, DiagnosticKind::UnknownKind, "processors.analysis.kind", "claim_analysys");
-    assert!(d.items[0].hint.as_deref().unwrap().contains("claim_analysis"));
+    assert_one(
+        &d,
+        DiagnosticKind::UnknownKind,
+        "processors.analysis.kind",
+        "claim_analysys",
+    );
+    assert!(d.items[0]
+        .hint
+        .as_deref()
+        .unwrap()
+        .contains("claim_analysis"));
 }
 
 #[test]
 fn misspelled_input_suggests_the_component() {
     let d = broken("misspelled_input");
-    assert_one(&d, DiagnosticKind::UnknownInput, "processors.analysis.inputs[0]", "dbb");
+    assert_one(
+        &d,
+        DiagnosticKind::UnknownInput,
+        "processors.analysis.inputs[0]",
+        "dbb",
+    );
     assert!(d.items[0].hint.as_deref().unwrap().contains("`db`"));
 }
 
 #[test]
 fn missing_inputs_are_reported() {
     let d = broken("missing_input");
-    assert_one(&d, DiagnosticKind::MissingField, "sinks.hot.inputs", "inputs");
+    assert_one(
+        &d,
+        DiagnosticKind::MissingField,
+        "sinks.hot.inputs",
+        "inputs",
+    );
 }
 
 #[test]
 fn cycle_is_shown_as_a_path() {
     let d = broken("cycle");
-    let item = d.items.iter().find(|i| i.kind == DiagnosticKind::Cycle).expect("a cycle");
-    assert!(item.message.contains("analysis") && item.message.contains("scoring"), "{d}");
+    let item = d
+        .items
+        .iter()
+        .find(|i| i.kind == DiagnosticKind::Cycle)
+        .expect("a cycle");
+    assert!(
+        item.message.contains("analysis") && item.message.contains("scoring"),
+        "{d}"
+    );
     assert!(item.message.contains('→'));
 }
 
 #[test]
 fn bad_duration_explains_the_syntax() {
     let d = broken("bad_duration");
-    assert_one(&d, DiagnosticKind::InvalidValue, "processors.analysis.duplicate_window", "30 fortnights");
-    assert!(d.items[0].message.contains("90d"), "the message shows valid examples: {d}");
+    assert_one(
+        &d,
+        DiagnosticKind::InvalidValue,
+        "processors.analysis.duplicate_window",
+        "30 fortnights",
+    );
+    assert!(
+        d.items[0].message.contains("90d"),
+        "the message shows valid examples: {d}"
+    );
 }
 
 #[test]
@@ -133,7 +177,12 @@ fn unset_variable_without_default() {
 #[test]
 fn duplicate_component_names() {
     let d = broken("duplicate_name");
-    assert_one(&d, DiagnosticKind::DuplicateName, "sinks.analysis", "analysis");
+    assert_one(
+        &d,
+        DiagnosticKind::DuplicateName,
+        "sinks.analysis",
+        "analysis",
+    );
 }
 
 #[test]
@@ -151,7 +200,16 @@ fn many_problems_are_reported_together() {
 
 #[test]
 fn never_panics_on_odd_documents() {
-    for text in ["", "[]", "42", "region: [1]", "sources: 5", "processors: {a: 1}", "sinks: {a: {kind: 3}}", "\t\t:"] {
+    for text in [
+        "",
+        "[]",
+        "42",
+        "region: [1]",
+        "sources: 5",
+        "processors: {a: 1}",
+        "sinks: {a: {kind: 3}}",
+        "\t\t:",
+    ] {
         let _ = topology::load_str("odd.yaml", text, &catalog(), &|_| None);
     }
 }

@@ -1,6 +1,7 @@
 //! strata-pipeline: the event model, topology files, the runtime and the processors.
 
 pub mod avro;
+pub mod domain;
 pub mod kafka;
 pub mod ops;
 pub mod processors;

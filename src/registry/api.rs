@@ -35,10 +35,18 @@ impl ApiError {
         }
     }
     fn subject_not_found(subject: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, 40401, format!("Subject '{subject}' not found."))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            40401,
+            format!("Subject '{subject}' not found."),
+        )
     }
     fn version_not_found(version: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, 40402, format!("Version {version} not found."))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            40402,
+            format!("Version {version} not found."),
+        )
     }
     fn schema_not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, 40403, "Schema not found")
@@ -63,25 +71,41 @@ impl ApiError {
         )
     }
     fn bad_body(e: serde_json::Error) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, 422, format!("Unprocessable entity: {e}"))
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            422,
+            format!("Unprocessable entity: {e}"),
+        )
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "registry store failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, 50001, format!("Error in the backend data store: {e}"))
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            format!("Error in the backend data store: {e}"),
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        reply(self.status, json!({"error_code": self.code, "message": self.message}))
+        reply(
+            self.status,
+            json!({"error_code": self.code, "message": self.message}),
+        )
     }
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
-    (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn ok(body: Value) -> Result<Response, ApiError> {
@@ -95,11 +119,19 @@ async fn with_store<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
-        let mut guard = store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut guard)
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, 50001, format!("internal error: {e}")))?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            format!("internal error: {e}"),
+        )
+    })?
 }
 
 #[derive(Deserialize)]
@@ -155,25 +187,54 @@ fn parse_version(text: &str) -> Result<Option<u32>, ApiError> {
 pub fn router(store: Shared) -> Router {
     Router::new()
         .route("/", get(|| async { reply(StatusCode::OK, json!({})) }))
-        .route("/schemas/types", get(|| async { reply(StatusCode::OK, json!(["AVRO"])) }))
+        .route(
+            "/schemas/types",
+            get(|| async { reply(StatusCode::OK, json!(["AVRO"])) }),
+        )
         .route("/subjects", get(list_subjects))
         .route("/subjects/{subject}", post(lookup).delete(delete_subject))
-        .route("/subjects/{subject}/versions", get(list_versions).post(register))
-        .route("/subjects/{subject}/versions/{version}", get(get_version).delete(delete_version))
-        .route("/subjects/{subject}/versions/{version}/schema", get(get_version_schema))
+        .route(
+            "/subjects/{subject}/versions",
+            get(list_versions).post(register),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(get_version).delete(delete_version),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(get_version_schema),
+        )
         .route("/schemas/ids/{id}", get(get_by_id))
         .route("/schemas/ids/{id}/schema", get(get_raw_by_id))
         .route("/schemas/ids/{id}/versions", get(versions_of_id))
         .route("/schemas/ids/{id}/subjects", get(subjects_of_id))
-        .route("/compatibility/subjects/{subject}/versions/{version}", post(check_compatibility))
-        .route("/compatibility/subjects/{subject}/versions", post(check_compatibility_all))
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(check_compatibility),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions",
+            post(check_compatibility_all),
+        )
         .route("/config", get(get_global_config).put(put_global_config))
-        .route("/config/{subject}", get(get_subject_config).put(put_subject_config).delete(delete_subject_config))
-        .route("/mode", get(|| async { reply(StatusCode::OK, json!({"mode": "READWRITE"})) }))
+        .route(
+            "/config/{subject}",
+            get(get_subject_config)
+                .put(put_subject_config)
+                .delete(delete_subject_config),
+        )
+        .route(
+            "/mode",
+            get(|| async { reply(StatusCode::OK, json!({"mode": "READWRITE"})) }),
+        )
         .with_state(store)
 }
 
-async fn list_subjects(State(store): State<Shared>, Query(flags): Query<Flags>) -> Result<Response, ApiError> {
+async fn list_subjects(
+    State(store): State<Shared>,
+    Query(flags): Query<Flags>,
+) -> Result<Response, ApiError> {
     let subjects = with_store(&store, move |s| {
         Ok(s.subjects
             .iter()
@@ -185,7 +246,11 @@ async fn list_subjects(State(store): State<Shared>, Query(flags): Query<Flags>) 
     ok(json!(subjects))
 }
 
-async fn register(State(store): State<Shared>, Path(subject): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn register(
+    State(store): State<Shared>,
+    Path(subject): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let body = schema_body(&body)?;
     let id = with_store(&store, move |s| match s.register(&subject, &body.schema) {
         Ok(id) => Ok(id),
@@ -203,7 +268,11 @@ async fn register(State(store): State<Shared>, Path(subject): Path<String>, body
     ok(json!({ "id": id }))
 }
 
-async fn lookup(State(store): State<Shared>, Path(subject): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn lookup(
+    State(store): State<Shared>,
+    Path(subject): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let body = schema_body(&body)?;
     with_store(&store, move |s| {
         let (normalized, _) = parse_schema(&body.schema).map_err(ApiError::invalid_schema)?;
@@ -216,33 +285,59 @@ async fn lookup(State(store): State<Shared>, Path(subject): Path<String>, body: 
     .await
 }
 
-async fn list_versions(State(store): State<Shared>, Path(subject): Path<String>, Query(flags): Query<Flags>) -> Result<Response, ApiError> {
+async fn list_versions(
+    State(store): State<Shared>,
+    Path(subject): Path<String>,
+    Query(flags): Query<Flags>,
+) -> Result<Response, ApiError> {
     with_store(&store, move |s| {
-        let sub = s.subjects.get(&subject).filter(|sub| flags.deleted || sub.is_live());
+        let sub = s
+            .subjects
+            .get(&subject)
+            .filter(|sub| flags.deleted || sub.is_live());
         let sub = sub.ok_or_else(|| ApiError::subject_not_found(&subject))?;
-        let versions: Vec<u32> = sub.versions.iter().filter(|v| flags.deleted || !v.deleted).map(|v| v.version).collect();
+        let versions: Vec<u32> = sub
+            .versions
+            .iter()
+            .filter(|v| flags.deleted || !v.deleted)
+            .map(|v| v.version)
+            .collect();
         ok(json!(versions))
     })
     .await
 }
 
 /// Resolves `version` of `subject` to (version, id).
-fn find_version(s: &Store, subject: &str, version: &str, include_deleted: bool) -> Result<(u32, u32), ApiError> {
+fn find_version(
+    s: &Store,
+    subject: &str,
+    version: &str,
+    include_deleted: bool,
+) -> Result<(u32, u32), ApiError> {
     let wanted = parse_version(version)?;
     let sub = s
         .subjects
         .get(subject)
         .filter(|sub| include_deleted || sub.is_live())
         .ok_or_else(|| ApiError::subject_not_found(subject))?;
-    let mut candidates = sub.versions.iter().filter(|v| include_deleted || !v.deleted);
+    let mut candidates = sub
+        .versions
+        .iter()
+        .filter(|v| include_deleted || !v.deleted);
     let entry = match wanted {
         None => candidates.next_back(),
         Some(w) => candidates.find(|v| v.version == w),
     };
-    entry.map(|v| (v.version, v.id)).ok_or_else(|| ApiError::version_not_found(version))
+    entry
+        .map(|v| (v.version, v.id))
+        .ok_or_else(|| ApiError::version_not_found(version))
 }
 
-async fn get_version(State(store): State<Shared>, Path((subject, version)): Path<(String, String)>, Query(flags): Query<Flags>) -> Result<Response, ApiError> {
+async fn get_version(
+    State(store): State<Shared>,
+    Path((subject, version)): Path<(String, String)>,
+    Query(flags): Query<Flags>,
+) -> Result<Response, ApiError> {
     with_store(&store, move |s| {
         let (version, id) = find_version(s, &subject, &version, flags.deleted)?;
         let schema = &s.schemas[&id].text;
@@ -251,15 +346,25 @@ async fn get_version(State(store): State<Shared>, Path((subject, version)): Path
     .await
 }
 
-async fn get_version_schema(State(store): State<Shared>, Path((subject, version)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn get_version_schema(
+    State(store): State<Shared>,
+    Path((subject, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     with_store(&store, move |s| {
         let (_, id) = find_version(s, &subject, &version, false)?;
-        Ok(reply(StatusCode::OK, serde_json::from_str(&s.schemas[&id].text).unwrap_or(Value::Null)))
+        Ok(reply(
+            StatusCode::OK,
+            serde_json::from_str(&s.schemas[&id].text).unwrap_or(Value::Null),
+        ))
     })
     .await
 }
 
-async fn delete_version(State(store): State<Shared>, Path((subject, version)): Path<(String, String)>, Query(flags): Query<Flags>) -> Result<Response, ApiError> {
+async fn delete_version(
+    State(store): State<Shared>,
+    Path((subject, version)): Path<(String, String)>,
+    Query(flags): Query<Flags>,
+) -> Result<Response, ApiError> {
     with_store(&store, move |s| {
         let (number, _) = find_version(s, &subject, &version, flags.permanent)?;
         let deleted = s.subjects[&subject].versions.iter().any(|v| v.version == number && v.deleted);
@@ -276,19 +381,34 @@ async fn delete_version(State(store): State<Shared>, Path((subject, version)): P
     .await
 }
 
-async fn delete_subject(State(store): State<Shared>, Path(subject): Path<String>, Query(flags): Query<Flags>) -> Result<Response, ApiError> {
+async fn delete_subject(
+    State(store): State<Shared>,
+    Path(subject): Path<String>,
+    Query(flags): Query<Flags>,
+) -> Result<Response, ApiError> {
     with_store(&store, move |s| {
-        let sub = s.subjects.get(&subject).filter(|sub| !sub.versions.is_empty());
+        let sub = s
+            .subjects
+            .get(&subject)
+            .filter(|sub| !sub.versions.is_empty());
         let sub = sub.ok_or_else(|| ApiError::subject_not_found(&subject))?;
         if flags.permanent && sub.is_live() {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 40405,
-                format!("Subject '{subject}' was not deleted first before being permanently deleted"),
+                format!(
+                    "Subject '{subject}' was not deleted first before being permanently deleted"
+                ),
             ));
         }
         if !flags.permanent && !sub.is_live() {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, 40404, format!("Subject '{subject}' was soft deleted.Set permanent=true to delete permanently")));
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                40404,
+                format!(
+                    "Subject '{subject}' was soft deleted.Set permanent=true to delete permanently"
+                ),
+            ));
         }
         let versions: Vec<u32> = if flags.permanent {
             sub.versions.iter().map(|v| v.version).collect()
@@ -307,7 +427,10 @@ fn parse_id(id: &str) -> Result<u32, ApiError> {
     id.parse().map_err(|_| ApiError::schema_not_found())
 }
 
-async fn get_by_id(State(store): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_by_id(
+    State(store): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     with_store(&store, move |s| {
         let schema = s.schemas.get(&id).ok_or_else(ApiError::schema_not_found)?;
@@ -316,11 +439,17 @@ async fn get_by_id(State(store): State<Shared>, Path(id): Path<String>) -> Resul
     .await
 }
 
-async fn get_raw_by_id(State(store): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_raw_by_id(
+    State(store): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     with_store(&store, move |s| {
         let schema = s.schemas.get(&id).ok_or_else(ApiError::schema_not_found)?;
-        Ok(reply(StatusCode::OK, serde_json::from_str(&schema.text).unwrap_or(Value::Null)))
+        Ok(reply(
+            StatusCode::OK,
+            serde_json::from_str(&schema.text).unwrap_or(Value::Null),
+        ))
     })
     .await
 }
@@ -331,20 +460,33 @@ fn uses_of(s: &Store, id: u32) -> Result<Vec<(String, u32)>, ApiError> {
     }
     Ok(s.subjects
         .iter()
-        .flat_map(|(name, sub)| sub.live().filter(|v| v.id == id).map(move |v| (name.clone(), v.version)))
+        .flat_map(|(name, sub)| {
+            sub.live()
+                .filter(|v| v.id == id)
+                .map(move |v| (name.clone(), v.version))
+        })
         .collect())
 }
 
-async fn versions_of_id(State(store): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn versions_of_id(
+    State(store): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     with_store(&store, move |s| {
         let uses = uses_of(s, id)?;
-        ok(json!(uses.into_iter().map(|(subject, version)| json!({"subject": subject, "version": version})).collect::<Vec<_>>()))
+        ok(json!(uses
+            .into_iter()
+            .map(|(subject, version)| json!({"subject": subject, "version": version}))
+            .collect::<Vec<_>>()))
     })
     .await
 }
 
-async fn subjects_of_id(State(store): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn subjects_of_id(
+    State(store): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     with_store(&store, move |s| {
         let mut subjects: Vec<String> = uses_of(s, id)?.into_iter().map(|(s, _)| s).collect();
@@ -362,7 +504,12 @@ fn compatibility_reply(problems: Vec<String>, verbose: bool) -> Result<Response,
     }
 }
 
-async fn check_compatibility(State(store): State<Shared>, Path((subject, version)): Path<(String, String)>, Query(flags): Query<Flags>, body: Bytes) -> Result<Response, ApiError> {
+async fn check_compatibility(
+    State(store): State<Shared>,
+    Path((subject, version)): Path<(String, String)>,
+    Query(flags): Query<Flags>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let body = schema_body(&body)?;
     with_store(&store, move |s| {
         let (_, parsed) = parse_schema(&body.schema).map_err(ApiError::invalid_schema)?;
@@ -381,11 +528,19 @@ async fn check_compatibility(State(store): State<Shared>, Path((subject, version
     .await
 }
 
-async fn check_compatibility_all(State(store): State<Shared>, Path(subject): Path<String>, Query(flags): Query<Flags>, body: Bytes) -> Result<Response, ApiError> {
+async fn check_compatibility_all(
+    State(store): State<Shared>,
+    Path(subject): Path<String>,
+    Query(flags): Query<Flags>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let body = schema_body(&body)?;
     with_store(&store, move |s| {
         let (_, parsed) = parse_schema(&body.schema).map_err(ApiError::invalid_schema)?;
-        compatibility_reply(s.compatibility_problems(&subject, &parsed, None), flags.verbose)
+        compatibility_reply(
+            s.compatibility_problems(&subject, &parsed, None),
+            flags.verbose,
+        )
     })
     .await
 }
@@ -397,7 +552,9 @@ struct ConfigBody {
 
 fn level_body(body: &Bytes) -> Result<Level, ApiError> {
     let body: ConfigBody = serde_json::from_slice(body).map_err(ApiError::bad_body)?;
-    body.compatibility.parse().map_err(|_| ApiError::invalid_level(&body.compatibility))
+    body.compatibility
+        .parse()
+        .map_err(|_| ApiError::invalid_level(&body.compatibility))
 }
 
 async fn get_global_config(State(store): State<Shared>) -> Result<Response, ApiError> {
@@ -411,9 +568,16 @@ async fn put_global_config(State(store): State<Shared>, body: Bytes) -> Result<R
     ok(json!({"compatibility": level.name()}))
 }
 
-async fn get_subject_config(State(store): State<Shared>, Path(subject): Path<String>, Query(flags): Query<Flags>) -> Result<Response, ApiError> {
+async fn get_subject_config(
+    State(store): State<Shared>,
+    Path(subject): Path<String>,
+    Query(flags): Query<Flags>,
+) -> Result<Response, ApiError> {
     with_store(&store, move |s| {
-        match (s.subjects.get(&subject).and_then(|sub| sub.level), flags.default_to_global) {
+        match (
+            s.subjects.get(&subject).and_then(|sub| sub.level),
+            flags.default_to_global,
+        ) {
             (Some(level), _) => ok(json!({"compatibilityLevel": level.name()})),
             (None, true) => ok(json!({"compatibilityLevel": s.global_level.name()})),
             (None, false) => Err(ApiError::new(
@@ -426,13 +590,23 @@ async fn get_subject_config(State(store): State<Shared>, Path(subject): Path<Str
     .await
 }
 
-async fn put_subject_config(State(store): State<Shared>, Path(subject): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn put_subject_config(
+    State(store): State<Shared>,
+    Path(subject): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let level = level_body(&body)?;
-    with_store(&store, move |s| Ok(s.set_level(Some(&subject), Some(level))?)).await?;
+    with_store(&store, move |s| {
+        Ok(s.set_level(Some(&subject), Some(level))?)
+    })
+    .await?;
     ok(json!({"compatibility": level.name()}))
 }
 
-async fn delete_subject_config(State(store): State<Shared>, Path(subject): Path<String>) -> Result<Response, ApiError> {
+async fn delete_subject_config(
+    State(store): State<Shared>,
+    Path(subject): Path<String>,
+) -> Result<Response, ApiError> {
     with_store(&store, move |s| {
         let previous = s.subjects.get(&subject).and_then(|sub| sub.level);
         let previous = previous.ok_or_else(|| ApiError::subject_not_found(&subject))?;

@@ -34,7 +34,10 @@ pub async fn serve(listen: SocketAddr, data_dir: PathBuf) -> Result<(), Registry
     cancel_on_signal(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|source| RegistryError::Bind { addr: listen, source })?;
+        .map_err(|source| RegistryError::Bind {
+            addr: listen,
+            source,
+        })?;
     serve_on(listener, data_dir, shutdown).await
 }
 

@@ -136,7 +136,10 @@ impl Store {
                         records.push(r);
                     }
                     Err(_) if i + 1 == count => {
-                        tracing::warn!(line = i + 1, "dropping a torn last record of the registry log");
+                        tracing::warn!(
+                            line = i + 1,
+                            "dropping a torn last record of the registry log"
+                        );
                     }
                     Err(e) => {
                         return Err(StoreError::Corrupt {
@@ -194,11 +197,15 @@ impl Store {
                     self.by_text.insert(text.clone(), id);
                     self.schemas.insert(id, StoredSchema { text, parsed });
                 }
-                self.subjects.entry(subject).or_default().versions.push(VersionEntry {
-                    version,
-                    id,
-                    deleted: false,
-                });
+                self.subjects
+                    .entry(subject)
+                    .or_default()
+                    .versions
+                    .push(VersionEntry {
+                        version,
+                        id,
+                        deleted: false,
+                    });
             }
             Record::DeleteVersion {
                 subject,
@@ -215,7 +222,10 @@ impl Store {
                     v.deleted = true;
                 }
             }
-            Record::Config { subject: None, level } => {
+            Record::Config {
+                subject: None,
+                level,
+            } => {
                 self.global_level = level.unwrap_or(Level::Backward);
             }
             Record::Config {
@@ -242,7 +252,12 @@ impl Store {
     }
 
     /// Checks `schema` against the live versions of `subject` under its level.
-    pub fn compatibility_problems(&self, subject: &str, schema: &Schema, only: Option<u32>) -> Vec<String> {
+    pub fn compatibility_problems(
+        &self,
+        subject: &str,
+        schema: &Schema,
+        only: Option<u32>,
+    ) -> Vec<String> {
         let level = self.level_of(subject);
         let existing: Vec<&Schema> = self
             .subjects
@@ -286,7 +301,12 @@ impl Store {
         Ok(id)
     }
 
-    pub fn delete_version(&mut self, subject: &str, version: u32, permanent: bool) -> Result<(), StoreError> {
+    pub fn delete_version(
+        &mut self,
+        subject: &str,
+        version: u32,
+        permanent: bool,
+    ) -> Result<(), StoreError> {
         self.append(Record::DeleteVersion {
             subject: subject.to_string(),
             version,
@@ -294,7 +314,11 @@ impl Store {
         })
     }
 
-    pub fn set_level(&mut self, subject: Option<&str>, level: Option<Level>) -> Result<(), StoreError> {
+    pub fn set_level(
+        &mut self,
+        subject: Option<&str>,
+        level: Option<Level>,
+    ) -> Result<(), StoreError> {
         self.append(Record::Config {
             subject: subject.map(str::to_string),
             level,
@@ -314,14 +338,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let a = store.register("a-value", V1).unwrap();
-        assert_eq!(store.register("a-value", V1).unwrap(), a, "re-registering is idempotent");
-        assert_eq!(store.register("b-value", V1).unwrap(), a, "same schema, same id in another subject");
+        assert_eq!(
+            store.register("a-value", V1).unwrap(),
+            a,
+            "re-registering is idempotent"
+        );
+        assert_eq!(
+            store.register("b-value", V1).unwrap(),
+            a,
+            "same schema, same id in another subject"
+        );
         let v2 = store.register("a-value", V2).unwrap();
         assert_ne!(v2, a);
         drop(store);
 
         let store = Store::open(dir.path()).unwrap();
-        let versions: Vec<u32> = store.subjects["a-value"].live().map(|v| v.version).collect();
+        let versions: Vec<u32> = store.subjects["a-value"]
+            .live()
+            .map(|v| v.version)
+            .collect();
         assert_eq!(versions, vec![1, 2]);
         assert_eq!(store.subjects["a-value"].versions[1].id, v2);
     }
@@ -332,13 +367,19 @@ mod tests {
         let mut store = Store::open(dir.path()).unwrap();
         store.register("a-value", V1).unwrap();
         drop(store);
-        let mut log = OpenOptions::new().append(true).open(dir.path().join("registry.log")).unwrap();
+        let mut log = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("registry.log"))
+            .unwrap();
         log.write_all(b"{\"op\":\"regis").unwrap();
         drop(log);
         let mut store = Store::open(dir.path()).unwrap();
         assert_eq!(store.register("a-value", V2).unwrap(), 2);
         drop(store);
-        assert!(Store::open(dir.path()).is_ok(), "the log is whole again after the repair");
+        assert!(
+            Store::open(dir.path()).is_ok(),
+            "the log is whole again after the repair"
+        );
     }
 
     #[test]
@@ -347,7 +388,10 @@ mod tests {
         let mut store = Store::open(dir.path()).unwrap();
         store.register("a-value", V1).unwrap();
         let required = r#"{"type":"record","name":"claim","fields":[{"name":"id","type":"long"},{"name":"x","type":"int"}]}"#;
-        assert!(matches!(store.register("a-value", required), Err(RegisterError::Incompatible(_))));
+        assert!(matches!(
+            store.register("a-value", required),
+            Err(RegisterError::Incompatible(_))
+        ));
         store.set_level(Some("a-value"), Some(Level::None)).unwrap();
         assert!(store.register("a-value", required).is_ok());
     }

@@ -15,7 +15,8 @@ pub fn kafka_brokers() -> String {
 
 /// The claims database of the private PostgreSQL cluster.
 pub fn pg_url() -> String {
-    std::env::var("STRATA_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:15432/claims".into())
+    std::env::var("STRATA_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:15432/claims".into())
 }
 
 /// The schema registry started by scripts/services.sh.
@@ -43,7 +44,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -64,7 +68,9 @@ pub async fn start_registry(dir: &Path) -> Registry {
     let token = stop.clone();
     let dir = dir.to_path_buf();
     let task = tokio::spawn(async move {
-        strata::registry::serve_on(listener, dir, token).await.expect("registry serves");
+        strata::registry::serve_on(listener, dir, token)
+            .await
+            .expect("registry serves");
     });
     Registry { url, stop, task }
 }

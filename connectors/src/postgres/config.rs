@@ -54,12 +54,17 @@ fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 impl PostgresSourceConfig {
     pub fn check(&self) -> Vec<SettingsError> {
-        let mut errors: Vec<SettingsError> = self.connection.check("connection.url").into_iter().collect();
+        let mut errors: Vec<SettingsError> = self
+            .connection
+            .check("connection.url")
+            .into_iter()
+            .collect();
         let invalid = |path: String, message: String, hint: &str| SettingsError {
             kind: DiagnosticKind::InvalidValue,
             path,
@@ -81,7 +86,11 @@ impl PostgresSourceConfig {
             ));
         }
         if self.tables.is_empty() {
-            errors.push(invalid("tables".into(), "no tables to capture".into(), "list tables as schema.table"));
+            errors.push(invalid(
+                "tables".into(),
+                "no tables to capture".into(),
+                "list tables as schema.table",
+            ));
         }
         for (i, table) in self.tables.iter().enumerate() {
             let ok = matches!(table.split_once('.'), Some((s, t)) if is_identifier(s) && is_identifier(t));
@@ -94,7 +103,11 @@ impl PostgresSourceConfig {
             }
         }
         if self.snapshot_chunk_rows == 0 {
-            errors.push(invalid("snapshot_chunk_rows".into(), "must be at least 1".into(), "10000 is a good start"));
+            errors.push(invalid(
+                "snapshot_chunk_rows".into(),
+                "must be at least 1".into(),
+                "10000 is a good start",
+            ));
         }
         errors
     }

@@ -10,7 +10,8 @@ pub fn kind() -> TypedKind<PostgresSourceConfig> {
     TypedKind {
         name: "postgres",
         role: Role::Source,
-        summary: "captures PostgreSQL tables: consistent snapshot, then pgoutput logical replication",
+        summary:
+            "captures PostgreSQL tables: consistent snapshot, then pgoutput logical replication",
         ports: |_| Ports::default(),
         check: PostgresSourceConfig::check,
     }

@@ -10,8 +10,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
-use apache_avro::{GenericDatumReader, GenericDatumWriter, Schema};
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
 
 use super::registry_client::{RegistryClient, RegistryClientError};
 use super::wire::{self, WireError};
@@ -64,9 +66,9 @@ impl From<RegistryClientError> for CodecError {
     fn from(e: RegistryClientError) -> Self {
         match e {
             RegistryClientError::Incompatible { .. } => CodecError::Incompatible(e),
-            RegistryClientError::Invalid { subject, detail, .. } => {
-                CodecError::InvalidSchema { subject, detail }
-            }
+            RegistryClientError::Invalid {
+                subject, detail, ..
+            } => CodecError::InvalidSchema { subject, detail },
             other => CodecError::Registry(other),
         }
     }
@@ -83,6 +85,15 @@ struct WriterInner {
     id: u32,
     schema: &'static Schema,
     writer: GenericDatumWriter<'static>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("subject", &self.inner.subject)
+            .field("id", &self.inner.id)
+            .finish()
+    }
 }
 
 impl Writer {
@@ -168,7 +179,9 @@ impl Codec {
         let id = match self.registry.register(subject, schema).await {
             Err(e @ RegistryClientError::Incompatible { .. }) if self.allow_incompatible => {
                 tracing::warn!(%subject, error = %e, "registering an incompatible schema because the topology allows it");
-                self.registry.set_subject_compatibility(subject, "NONE").await?;
+                self.registry
+                    .set_subject_compatibility(subject, "NONE")
+                    .await?;
                 self.registry.register(subject, schema).await?
             }
             other => other?,
@@ -217,12 +230,13 @@ impl Codec {
         })?;
         let subject = format!("schema id {id}");
         let schema = leak_schema(&subject, &text)?;
-        let reader = GenericDatumReader::builder(schema)
-            .build()
-            .map_err(|e| CodecError::InvalidSchema {
-                subject,
-                detail: e.to_string(),
-            })?;
+        let reader =
+            GenericDatumReader::builder(schema)
+                .build()
+                .map_err(|e| CodecError::InvalidSchema {
+                    subject,
+                    detail: e.to_string(),
+                })?;
         let entry = Arc::new(ReaderEntry { reader });
         self.readers
             .write()

@@ -26,16 +26,36 @@ pub enum RegistryClientError {
     #[error("schema id {id} is not in the registry at {url}")]
     NotFound { id: u32, url: String },
     #[error("the registry at {url} refused the schema for subject `{subject}` as incompatible: {detail}")]
-    Incompatible { subject: String, url: String, detail: String },
-    #[error("the registry at {url} rejected the schema for subject `{subject}` as invalid: {detail}")]
-    Invalid { subject: String, url: String, detail: String },
+    Incompatible {
+        subject: String,
+        url: String,
+        detail: String,
+    },
+    #[error(
+        "the registry at {url} rejected the schema for subject `{subject}` as invalid: {detail}"
+    )]
+    Invalid {
+        subject: String,
+        url: String,
+        detail: String,
+    },
     #[error("the registry at {url} failed: {detail}")]
-    Failed { url: String, detail: String, retriable: bool },
+    Failed {
+        url: String,
+        detail: String,
+        retriable: bool,
+    },
 }
 
 impl RegistryClientError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, RegistryClientError::Failed { retriable: true, .. })
+        matches!(
+            self,
+            RegistryClientError::Failed {
+                retriable: true,
+                ..
+            }
+        )
     }
 }
 
@@ -56,16 +76,26 @@ fn describe(e: &SRCError) -> String {
 impl RegistryClient {
     pub fn new(settings: &RegistrySettings) -> Result<Self, RegistryClientError> {
         let url = settings.url.trim_end_matches('/').to_string();
-        let mut http = reqwest::ClientBuilder::new().timeout(Duration::from_secs(30));
-        if let Some(path) = &settings.ca_file {
-            let pem = std::fs::read(path).map_err(|source| RegistryClientError::CaFile {
-                path: path.display().to_string(),
-                source,
-            })?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| RegistryClientError::Settings(format!("{}: {e}", path.display())))?;
-            http = http.add_root_certificate(cert);
-        }
+        let ca = match &settings.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| RegistryClientError::CaFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                    RegistryClientError::Settings(format!("{}: {e}", path.display()))
+                })?;
+                Some(cert)
+            }
+            None => None,
+        };
+        let http_builder = || {
+            let builder = reqwest::ClientBuilder::new().timeout(Duration::from_secs(30));
+            match &ca {
+                Some(cert) => builder.add_root_certificate(cert.clone()),
+                None => builder,
+            }
+        };
         let mut builder = SrSettings::new_builder(url.clone());
         let auth = settings.username.as_ref().map(|u| {
             (
@@ -77,9 +107,9 @@ impl RegistryClient {
             builder.set_basic_authorization(user, password.as_deref());
         }
         let sr = builder
-            .build_with(http.clone())
+            .build_with(http_builder())
             .map_err(|e| RegistryClientError::Settings(describe(&e)))?;
-        let http = http
+        let http = http_builder()
             .build()
             .map_err(|e| RegistryClientError::Settings(e.to_string()))?;
         Ok(Self {
@@ -165,13 +195,19 @@ impl RegistryClient {
             detail,
             retriable,
         };
-        let response = request.send().await.map_err(|e| failed(e.to_string(), true))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| failed(e.to_string(), true))?;
         if response.status().is_success() {
             Ok(())
         } else {
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
-            Err(failed(format!("PUT /config/{subject}: {status} {body}"), status.is_server_error()))
+            Err(failed(
+                format!("PUT /config/{subject}: {status} {body}"),
+                status.is_server_error(),
+            ))
         }
     }
 }

@@ -58,7 +58,9 @@ pub fn table_schemas(
     primary_key: &[String],
 ) -> Result<TableSchemas, SchemaError> {
     if primary_key.is_empty() {
-        return Err(SchemaError::NoPrimaryKey { table: table.into() });
+        return Err(SchemaError::NoPrimaryKey {
+            table: table.into(),
+        });
     }
     let namespace = avro_namespace(topic);
     let key_columns = primary_key
@@ -67,7 +69,10 @@ pub fn table_schemas(
             columns
                 .iter()
                 .find(|c| &c.name == k)
-                .map(|c| Column { nullable: false, ..c.clone() })
+                .map(|c| Column {
+                    nullable: false,
+                    ..c.clone()
+                })
                 .ok_or_else(|| SchemaError::UnknownKeyColumn {
                     table: table.into(),
                     column: k.clone(),
@@ -77,9 +82,12 @@ pub fn table_schemas(
     let mut key = row_record("Key", &key_columns);
     key["namespace"] = Value::String(namespace.clone());
 
-    let mut envelope: Value = serde_json::from_str(CHANGE_ENVELOPE).map_err(|_| SchemaError::BadTemplate)?;
+    let mut envelope: Value =
+        serde_json::from_str(CHANGE_ENVELOPE).map_err(|_| SchemaError::BadTemplate)?;
     envelope["namespace"] = Value::String(namespace);
-    let fields = envelope["fields"].as_array_mut().ok_or(SchemaError::BadTemplate)?;
+    let fields = envelope["fields"]
+        .as_array_mut()
+        .ok_or(SchemaError::BadTemplate)?;
     let before = fields
         .iter_mut()
         .find(|f| f["name"] == "before")
@@ -121,10 +129,24 @@ mod tests {
     #[test]
     fn derives_key_and_envelope() {
         let columns = vec![
-            Column { name: "claim_id".into(), ty: ColumnType::Int64, nullable: false },
-            Column { name: "note".into(), ty: ColumnType::Text, nullable: true },
+            Column {
+                name: "claim_id".into(),
+                ty: ColumnType::Int64,
+                nullable: false,
+            },
+            Column {
+                name: "note".into(),
+                ty: ColumnType::Text,
+                nullable: true,
+            },
         ];
-        let s = table_schemas("us-east.cdc.claims.public.claims", "public.claims", &columns, &["claim_id".into()]).unwrap();
+        let s = table_schemas(
+            "us-east.cdc.claims.public.claims",
+            "public.claims",
+            &columns,
+            &["claim_id".into()],
+        )
+        .unwrap();
         let key: Value = serde_json::from_str(&s.key).unwrap();
         assert_eq!(key["namespace"], "us_east.cdc.claims.public.claims");
         assert_eq!(key["fields"].as_array().unwrap().len(), 1);
@@ -134,7 +156,14 @@ mod tests {
 
     #[test]
     fn refuses_tables_without_primary_key() {
-        let columns = vec![Column { name: "x".into(), ty: ColumnType::Int32, nullable: false }];
-        assert!(matches!(table_schemas("t", "public.t", &columns, &[]), Err(SchemaError::NoPrimaryKey { .. })));
+        let columns = vec![Column {
+            name: "x".into(),
+            ty: ColumnType::Int32,
+            nullable: false,
+        }];
+        assert!(matches!(
+            table_schemas("t", "public.t", &columns, &[]),
+            Err(SchemaError::NoPrimaryKey { .. })
+        ));
     }
 }

@@ -28,7 +28,10 @@ pub enum ColumnType {
     Int64,
     Float32,
     Float64,
-    Decimal { precision: u32, scale: u32 },
+    Decimal {
+        precision: u32,
+        scale: u32,
+    },
     /// A decimal with no declared precision: kept exact as text.
     DecimalText,
     Text,
@@ -102,20 +105,29 @@ impl ColumnType {
             "real" | "float4" => ColumnType::Float32,
             "double precision" | "float8" => ColumnType::Float64,
             "numeric" | "decimal" => match args.as_slice() {
-                [p] => ColumnType::Decimal { precision: *p, scale: 0 },
-                [p, s] => ColumnType::Decimal { precision: *p, scale: *s },
+                [p] => ColumnType::Decimal {
+                    precision: *p,
+                    scale: 0,
+                },
+                [p, s] => ColumnType::Decimal {
+                    precision: *p,
+                    scale: *s,
+                },
                 _ => ColumnType::DecimalText,
             },
-            "money" => ColumnType::Decimal { precision: 19, scale: 2 },
-            "text" | "character varying" | "varchar" | "character" | "char" | "bpchar" | "name" | "citext" => {
-                ColumnType::Text
-            }
+            "money" => ColumnType::Decimal {
+                precision: 19,
+                scale: 2,
+            },
+            "text" | "character varying" | "varchar" | "character" | "char" | "bpchar" | "name"
+            | "citext" => ColumnType::Text,
             "boolean" | "bool" => ColumnType::Bool,
             "date" => ColumnType::Date,
             "time" | "time without time zone" => ColumnType::Time,
-            "timestamp" | "timestamp without time zone" | "timestamp with time zone" | "timestamptz" => {
-                ColumnType::Timestamp
-            }
+            "timestamp"
+            | "timestamp without time zone"
+            | "timestamp with time zone"
+            | "timestamptz" => ColumnType::Timestamp,
             "uuid" => ColumnType::Uuid,
             "json" | "jsonb" => ColumnType::Json,
             "bytea" => ColumnType::Bytes,
@@ -133,14 +145,31 @@ impl ColumnType {
             "real" => ColumnType::Float32,
             "float" => ColumnType::Float64,
             "decimal" | "numeric" => match args.as_slice() {
-                [p] => ColumnType::Decimal { precision: *p, scale: 0 },
-                [p, s] => ColumnType::Decimal { precision: *p, scale: *s },
-                _ => ColumnType::Decimal { precision: 18, scale: 0 },
+                [p] => ColumnType::Decimal {
+                    precision: *p,
+                    scale: 0,
+                },
+                [p, s] => ColumnType::Decimal {
+                    precision: *p,
+                    scale: *s,
+                },
+                _ => ColumnType::Decimal {
+                    precision: 18,
+                    scale: 0,
+                },
             },
-            "money" => ColumnType::Decimal { precision: 19, scale: 4 },
-            "smallmoney" => ColumnType::Decimal { precision: 10, scale: 4 },
+            "money" => ColumnType::Decimal {
+                precision: 19,
+                scale: 4,
+            },
+            "smallmoney" => ColumnType::Decimal {
+                precision: 10,
+                scale: 4,
+            },
             "bit" => ColumnType::Bool,
-            "char" | "varchar" | "nchar" | "nvarchar" | "text" | "ntext" | "sysname" => ColumnType::Text,
+            "char" | "varchar" | "nchar" | "nvarchar" | "text" | "ntext" | "sysname" => {
+                ColumnType::Text
+            }
             "date" => ColumnType::Date,
             "time" => ColumnType::Time,
             "datetime" | "datetime2" | "smalldatetime" | "datetimeoffset" => ColumnType::Timestamp,
@@ -174,7 +203,9 @@ impl ColumnType {
             ColumnType::Uuid => json!({"type": "string", "logicalType": "uuid"}),
             ColumnType::Json => json!({"type": "string", "strata.type": "json"}),
             ColumnType::Bytes => json!("bytes"),
-            ColumnType::Array(element) => json!({"type": "array", "items": ["null", element.avro()]}),
+            ColumnType::Array(element) => {
+                json!({"type": "array", "items": ["null", element.avro()]})
+            }
         }
     }
 }
@@ -194,7 +225,13 @@ impl Column {
 pub fn avro_name(text: &str) -> String {
     let mut name: String = text
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
         name.insert(0, '_');
@@ -204,7 +241,11 @@ pub fn avro_name(text: &str) -> String {
 
 /// An Avro namespace for a topic name: each dot-separated part made a valid name.
 pub fn avro_namespace(topic: &str) -> String {
-    topic.split('.').map(avro_name).collect::<Vec<_>>().join(".")
+    topic
+        .split('.')
+        .map(avro_name)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// The Avro record of a row with `columns`.
@@ -226,8 +267,20 @@ mod tests {
             ("smallint", ColumnType::Int32),
             ("integer", ColumnType::Int32),
             ("bigint", ColumnType::Int64),
-            ("numeric(12,2)", ColumnType::Decimal { precision: 12, scale: 2 }),
-            ("numeric(7)", ColumnType::Decimal { precision: 7, scale: 0 }),
+            (
+                "numeric(12,2)",
+                ColumnType::Decimal {
+                    precision: 12,
+                    scale: 2,
+                },
+            ),
+            (
+                "numeric(7)",
+                ColumnType::Decimal {
+                    precision: 7,
+                    scale: 0,
+                },
+            ),
             ("numeric", ColumnType::DecimalText),
             ("text", ColumnType::Text),
             ("character varying(20)", ColumnType::Text),
@@ -243,7 +296,10 @@ mod tests {
             ("bytea", ColumnType::Bytes),
             ("double precision", ColumnType::Float64),
             ("text[]", ColumnType::Array(Box::new(ColumnType::Text))),
-            ("character varying(10)[]", ColumnType::Array(Box::new(ColumnType::Text))),
+            (
+                "character varying(10)[]",
+                ColumnType::Array(Box::new(ColumnType::Text)),
+            ),
         ];
         for (name, expected) in cases {
             assert_eq!(ColumnType::from_postgres(name), Ok(expected), "{name}");
@@ -278,7 +334,14 @@ mod tests {
 
     #[test]
     fn nullable_columns_are_unions_with_null_default() {
-        let col = Column { name: "paid".into(), ty: ColumnType::Decimal { precision: 12, scale: 2 }, nullable: true };
+        let col = Column {
+            name: "paid".into(),
+            ty: ColumnType::Decimal {
+                precision: 12,
+                scale: 2,
+            },
+            nullable: true,
+        };
         let field = col.avro_field();
         assert_eq!(field["type"][0], "null");
         assert_eq!(field["default"], Value::Null);
@@ -289,6 +352,9 @@ mod tests {
     #[test]
     fn names_are_made_valid() {
         assert_eq!(avro_name("2nd-col"), "_2nd_col");
-        assert_eq!(avro_namespace("us-east.cdc.claims.public.claims"), "us_east.cdc.claims.public.claims");
+        assert_eq!(
+            avro_namespace("us-east.cdc.claims.public.claims"),
+            "us_east.cdc.claims.public.claims"
+        );
     }
 }

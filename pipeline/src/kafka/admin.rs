@@ -18,15 +18,23 @@ pub struct TopicSpec {
 
 /// Creates the topics that do not exist yet; existing topics are left as they are.
 pub async fn ensure_topics(config: &ClientConfig, topics: &[TopicSpec]) -> Result<(), KafkaError> {
-    let brokers = config.get("bootstrap.servers").unwrap_or_default().to_string();
-    let admin: AdminClient<DefaultClientContext> = config.create().map_err(|source| KafkaError::Client {
-        brokers: brokers.clone(),
-        source,
-    })?;
+    let brokers = config
+        .get("bootstrap.servers")
+        .unwrap_or_default()
+        .to_string();
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().map_err(|source| KafkaError::Client {
+            brokers: brokers.clone(),
+            source,
+        })?;
     let new_topics: Vec<NewTopic> = topics
         .iter()
         .map(|t| {
-            let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(i32::from(t.replication_factor)));
+            let topic = NewTopic::new(
+                &t.name,
+                t.partitions,
+                TopicReplication::Fixed(i32::from(t.replication_factor)),
+            );
             if t.compacted {
                 topic.set("cleanup.policy", "compact")
             } else {

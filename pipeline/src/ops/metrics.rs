@@ -34,31 +34,63 @@ impl Metrics {
         let counter = |name: &str, help: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &["component"])
                 .expect("static metric definition");
-            registry.register(Box::new(c.clone())).expect("metric registered once");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
             c
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-            registry.register(Box::new(g.clone())).expect("metric registered once");
+            let g =
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
             g
         };
         let histogram = |name: &str, help: &str| {
             let buckets = prometheus::exponential_buckets(0.0001, 2.0, 18).expect("static buckets");
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["component"])
-                .expect("static metric definition");
-            registry.register(Box::new(h.clone())).expect("metric registered once");
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets),
+                &["component"],
+            )
+            .expect("static metric definition");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("metric registered once");
             h
         };
         Self {
             events_in: counter("events_in_total", "Events read by a component"),
             events_out: counter("events_out_total", "Events written by a component"),
             dead_letters: counter("dead_letters_total", "Events sent to the dead-letter topic"),
-            processing_seconds: histogram("processing_seconds", "Time to process one batch of events"),
-            consumer_lag: gauge("consumer_lag", "Records behind the end of each input partition", &["component", "topic", "partition"]),
-            replication_lag_bytes: gauge("replication_lag_bytes", "WAL bytes retained by a replication slot", &["component", "slot"]),
-            restore_progress: gauge("restore_records", "Changelog records restored into a state store", &["component", "store"]),
-            sink_write_seconds: histogram("sink_write_seconds", "Time to write one batch into a store"),
-            up: gauge("component_up", "1 when a component is running", &["component"]),
+            processing_seconds: histogram(
+                "processing_seconds",
+                "Time to process one batch of events",
+            ),
+            consumer_lag: gauge(
+                "consumer_lag",
+                "Records behind the end of each input partition",
+                &["component", "topic", "partition"],
+            ),
+            replication_lag_bytes: gauge(
+                "replication_lag_bytes",
+                "WAL bytes retained by a replication slot",
+                &["component", "slot"],
+            ),
+            restore_progress: gauge(
+                "restore_records",
+                "Changelog records restored into a state store",
+                &["component", "store"],
+            ),
+            sink_write_seconds: histogram(
+                "sink_write_seconds",
+                "Time to write one batch into a store",
+            ),
+            up: gauge(
+                "component_up",
+                "1 when a component is running",
+                &["component"],
+            ),
             registry,
         }
     }
@@ -84,6 +116,9 @@ mod tests {
         let m = super::Metrics::new();
         m.events_in.with_label_values(&["pg"]).inc_by(3);
         let text = m.render();
-        assert!(text.contains("strata_events_in_total{component=\"pg\"} 3"), "{text}");
+        assert!(
+            text.contains("strata_events_in_total{component=\"pg\"} 3"),
+            "{text}"
+        );
     }
 }

@@ -28,7 +28,11 @@ pub fn output_topics(topology: &Topology) -> Vec<TopicSpec> {
         compacted: false,
     };
     let mut topics = vec![spec(topology.dead_letter_topic())];
-    for c in topology.components.iter().filter(|c| c.role == Role::Processor) {
+    for c in topology
+        .components
+        .iter()
+        .filter(|c| c.role == Role::Processor)
+    {
         topics.push(spec(topology.output_topic(&c.name, None)));
         for port in &c.ports {
             topics.push(spec(topology.output_topic(&c.name, Some(port))));
@@ -52,8 +56,9 @@ pub async fn run(
     tracing::info!(region = %topology.region, %bound, "serving /metrics, /health and /ready");
 
     let kafka_config = kafka::client_config(&topology.kafka);
+    let topics = output_topics(&topology);
     tokio::select! {
-        result = kafka::ensure_topics(&kafka_config, &output_topics(&topology)) => result?,
+        result = kafka::ensure_topics(&kafka_config, &topics) => result?,
         _ = shutdown.cancelled() => {}
     }
     for c in &topology.components {

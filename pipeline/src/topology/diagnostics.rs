@@ -94,12 +94,7 @@ impl Diagnostics {
 
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{}: {} problem(s) found",
-            self.file,
-            self.items.len()
-        )?;
+        writeln!(f, "{}: {} problem(s) found", self.file, self.items.len())?;
         for d in &self.items {
             writeln!(f, "  {}:{d}", self.file)?;
         }
@@ -108,7 +103,10 @@ impl fmt::Display for Diagnostics {
 }
 
 /// The closest of `candidates` to `wrong`, if it is close enough to be a likely typo.
-pub fn did_you_mean<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    wrong: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(wrong, c), c))

@@ -13,7 +13,9 @@ fn input_node(input: &Input) -> (String, Option<String>) {
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 fn external_topics(topology: &Topology) -> Vec<&str> {
@@ -64,10 +66,18 @@ pub fn dot(topology: &Topology) -> String {
             Role::Processor => "box",
             Role::Sink => "folder",
         };
-        let _ = writeln!(out, "  \"{}\" [shape={shape}, label=\"{}\\n({})\"];", c.name, c.name, c.kind);
+        let _ = writeln!(
+            out,
+            "  \"{}\" [shape={shape}, label=\"{}\\n({})\"];",
+            c.name, c.name, c.kind
+        );
     }
     for t in external_topics(topology) {
-        let _ = writeln!(out, "  \"topic_{}\" [shape=cds, label=\"topic {t}\"];", sanitize(t));
+        let _ = writeln!(
+            out,
+            "  \"topic_{}\" [shape=cds, label=\"topic {t}\"];",
+            sanitize(t)
+        );
     }
     for c in &topology.components {
         for input in &c.inputs {

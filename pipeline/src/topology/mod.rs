@@ -65,16 +65,15 @@ pub fn load_str(
         .with_hint("check indentation (spaces, not tabs), colons after keys and closing quotes")
         .at(location)])
     })?;
-    validate::check(&document, catalog)
-        .map_err(|items| {
-            fail(
-                items
-                    .into_iter()
-                    .map(|d: Diagnostic| {
-                        let loc = spans.find(&d.path);
-                        d.at(loc)
-                    })
-                    .collect(),
-            )
-        })
+    validate::check(&document, catalog).map_err(|items| {
+        fail(
+            items
+                .into_iter()
+                .map(|d: Diagnostic| {
+                    let loc = spans.find(&d.path);
+                    d.at(loc)
+                })
+                .collect(),
+        )
+    })
 }

@@ -50,8 +50,12 @@ pub fn check(doc: &Value, catalog: &Catalog) -> Result<Topology, Vec<Diagnostic>
     if let Some(v) = map.get("version") {
         if v.as_u64() != Some(u64::from(FORMAT_VERSION)) {
             errors.push(
-                Diagnostic::new(K::InvalidValue, "version", format!("unsupported format version {v:?}"))
-                    .with_hint(format!("this build reads version {FORMAT_VERSION}")),
+                Diagnostic::new(
+                    K::InvalidValue,
+                    "version",
+                    format!("unsupported format version {v:?}"),
+                )
+                .with_hint(format!("this build reads version {FORMAT_VERSION}")),
             );
         }
     }
@@ -68,8 +72,8 @@ pub fn check(doc: &Value, catalog: &Catalog) -> Result<Topology, Vec<Diagnostic>
         check_topic_settings(topics, &mut errors);
     }
 
-    let components = components(map, catalog, &mut errors);
-    check_inputs(&components, &mut errors);
+    let (components, declared) = components(map, catalog, &mut errors);
+    check_inputs(&components, &declared, &mut errors);
     check_cycles(&components, &mut errors);
 
     let (Some(region), Some(kafka), Some(schema_registry), Some(state)) =
@@ -98,17 +102,22 @@ fn check_region(value: Option<&Value>, errors: &mut Vec<Diagnostic>) -> Option<S
     let hint = "a region is lower-case letters, digits and `-`, e.g. us-east; it is part of every topic name";
     match value.map(|v| v.as_str()) {
         None => {
-            errors.push(Diagnostic::new(K::MissingField, "region", "missing `region`").with_hint(hint));
+            errors.push(
+                Diagnostic::new(K::MissingField, "region", "missing `region`").with_hint(hint),
+            );
             None
         }
         Some(Some(r))
             if !r.is_empty()
-                && r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
+                && r.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
         {
             Some(r.to_string())
         }
         Some(_) => {
-            errors.push(Diagnostic::new(K::InvalidValue, "region", "invalid `region`").with_hint(hint));
+            errors.push(
+                Diagnostic::new(K::InvalidValue, "region", "invalid `region`").with_hint(hint),
+            );
             None
         }
     }
@@ -151,8 +160,12 @@ fn check_store(state: &StateSettings, errors: &mut Vec<Diagnostic>) {
     }
     if state.cache_size.0 < (1 << 20) {
         errors.push(
-            Diagnostic::new(K::InvalidStore, "state.cache_size", "the block cache must be at least 1MiB")
-                .with_hint("64MiB suits most deployments"),
+            Diagnostic::new(
+                K::InvalidStore,
+                "state.cache_size",
+                "the block cache must be at least 1MiB",
+            )
+            .with_hint("64MiB suits most deployments"),
         );
     }
     if state.changelog_replication_factor < 1 {
@@ -166,7 +179,11 @@ fn check_store(state: &StateSettings, errors: &mut Vec<Diagnostic>) {
 
 fn check_topic_settings(topics: &TopicSettings, errors: &mut Vec<Diagnostic>) {
     if topics.partitions < 1 {
-        errors.push(Diagnostic::new(K::InvalidTopic, "topics.partitions", "partitions must be at least 1"));
+        errors.push(Diagnostic::new(
+            K::InvalidTopic,
+            "topics.partitions",
+            "partitions must be at least 1",
+        ));
     }
     if topics.replication_factor < 1 {
         errors.push(Diagnostic::new(
@@ -177,12 +194,20 @@ fn check_topic_settings(topics: &TopicSettings, errors: &mut Vec<Diagnostic>) {
     }
 }
 
-fn components(map: &serde_yaml_ng::Mapping, catalog: &Catalog, errors: &mut Vec<Diagnostic>) -> Vec<Component> {
+/// Checks every component; returns those that passed, and the role of every declared
+/// name (also of components with errors, so their readers are not reported again).
+fn components(
+    map: &serde_yaml_ng::Mapping,
+    catalog: &Catalog,
+    errors: &mut Vec<Diagnostic>,
+) -> (Vec<Component>, HashMap<String, Role>) {
     let mut out = Vec::new();
     let mut seen: HashMap<String, Role> = HashMap::new();
     for role in ROLES {
         let section = role.section();
-        let Some(value) = map.get(section) else { continue };
+        let Some(value) = map.get(section) else {
+            continue;
+        };
         let Some(entries) = value.as_mapping() else {
             errors.push(Diagnostic::new(
                 K::InvalidValue,
@@ -193,14 +218,24 @@ fn components(map: &serde_yaml_ng::Mapping, catalog: &Catalog, errors: &mut Vec<
         };
         for (name, body) in entries {
             let Some(name) = name.as_str() else {
-                errors.push(Diagnostic::new(K::InvalidValue, section, "component names must be strings"));
+                errors.push(Diagnostic::new(
+                    K::InvalidValue,
+                    section,
+                    "component names must be strings",
+                ));
                 continue;
             };
             let path = join(section, name);
             if !valid_component_name(name) {
                 errors.push(
-                    Diagnostic::new(K::InvalidValue, path.as_str(), format!("invalid component name `{name}`"))
-                        .with_hint("use lower-case letters, digits and `_`; the name is part of topic names"),
+                    Diagnostic::new(
+                        K::InvalidValue,
+                        path.as_str(),
+                        format!("invalid component name `{name}`"),
+                    )
+                    .with_hint(
+                        "use lower-case letters, digits and `_`; the name is part of topic names",
+                    ),
                 );
             }
             if let Some(other) = seen.insert(name.to_string(), role) {
@@ -219,13 +254,15 @@ fn components(map: &serde_yaml_ng::Mapping, catalog: &Catalog, errors: &mut Vec<
             }
         }
     }
-    out
+    (out, seen)
 }
 
 fn valid_component_name(name: &str) -> bool {
     !name.is_empty()
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 fn component(
@@ -237,20 +274,33 @@ fn component(
     errors: &mut Vec<Diagnostic>,
 ) -> Option<Component> {
     let Some(body) = body.as_mapping() else {
-        errors.push(Diagnostic::new(K::InvalidValue, path, "a component must be a mapping with `kind` and its settings"));
+        errors.push(Diagnostic::new(
+            K::InvalidValue,
+            path,
+            "a component must be a mapping with `kind` and its settings",
+        ));
         return None;
     };
     let mut settings = body.clone();
     let kind = match settings.remove("kind") {
         Some(Value::String(k)) => k,
         Some(_) => {
-            errors.push(Diagnostic::new(K::InvalidValue, join(path, "kind"), "`kind` must be a string"));
+            errors.push(Diagnostic::new(
+                K::InvalidValue,
+                join(path, "kind"),
+                "`kind` must be a string",
+            ));
             return None;
         }
         None => {
             errors.push(
-                Diagnostic::new(K::MissingField, join(path, "kind"), "missing `kind`")
-                    .with_hint(format!("kinds of {}: {}", role.section(), catalog.names_for(role).join(", "))),
+                Diagnostic::new(K::MissingField, join(path, "kind"), "missing `kind`").with_hint(
+                    format!(
+                        "kinds of {}: {}",
+                        role.section(),
+                        catalog.names_for(role).join(", ")
+                    ),
+                ),
             );
             return None;
         }
@@ -258,8 +308,15 @@ fn component(
     let inputs = component_inputs(role, path, settings.remove("inputs"), errors);
     let Some(kind_impl) = catalog.get(&kind).filter(|k| k.role() == role) else {
         let same_role = catalog.names_for(role);
-        let mut d = Diagnostic::new(K::UnknownKind, join(path, "kind"), format!("unknown {} kind `{kind}`", role_word(role)));
-        d = match (catalog.get(&kind), did_you_mean(&kind, same_role.iter().copied())) {
+        let mut d = Diagnostic::new(
+            K::UnknownKind,
+            join(path, "kind"),
+            format!("unknown {} kind `{kind}`", role_word(role)),
+        );
+        d = match (
+            catalog.get(&kind),
+            did_you_mean(&kind, same_role.iter().copied()),
+        ) {
             (Some(other), _) => d.with_hint(format!(
                 "`{kind}` is a {} kind; move it under `{}`",
                 role_word(other.role()),
@@ -300,7 +357,12 @@ fn role_word(role: Role) -> &'static str {
     }
 }
 
-fn component_inputs(role: Role, path: &str, value: Option<Value>, errors: &mut Vec<Diagnostic>) -> Option<Vec<Input>> {
+fn component_inputs(
+    role: Role,
+    path: &str,
+    value: Option<Value>,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Vec<Input>> {
     let input_path = join(path, "inputs");
     match (role, value) {
         (Role::Source, None) => Some(Vec::new()),
@@ -334,41 +396,65 @@ fn component_inputs(role: Role, path: &str, value: Option<Value>, errors: &mut V
         }
         (_, Some(_)) => {
             errors.push(
-                Diagnostic::new(K::InvalidValue, input_path, "`inputs` must be a non-empty list")
-                    .with_hint("e.g. `inputs: [claims_db]`"),
+                Diagnostic::new(
+                    K::InvalidValue,
+                    input_path,
+                    "`inputs` must be a non-empty list",
+                )
+                .with_hint("e.g. `inputs: [claims_db]`"),
             );
             None
         }
     }
 }
 
-fn check_inputs(components: &[Component], errors: &mut Vec<Diagnostic>) {
-    let by_name: BTreeMap<&str, &Component> = components.iter().map(|c| (c.name.as_str(), c)).collect();
+fn check_inputs(
+    components: &[Component],
+    declared: &HashMap<String, Role>,
+    errors: &mut Vec<Diagnostic>,
+) {
+    let by_name: BTreeMap<&str, &Component> =
+        components.iter().map(|c| (c.name.as_str(), c)).collect();
     for c in components {
         for (i, input) in c.inputs.iter().enumerate() {
             let path = format!("{}.{}.inputs[{i}]", c.role.section(), c.name);
             match input {
                 Input::Topic(topic) => {
                     if let Err(why) = valid_topic(topic) {
-                        errors.push(Diagnostic::new(K::InvalidTopic, path, format!("input topic `{topic}`: {why}")));
+                        errors.push(Diagnostic::new(
+                            K::InvalidTopic,
+                            path,
+                            format!("input topic `{topic}`: {why}"),
+                        ));
                     }
                 }
                 Input::Component { name, port } => match by_name.get(name.as_str()) {
+                    // Declared but with errors of its own, already reported.
+                    None if declared
+                        .get(name.as_str())
+                        .is_some_and(|r| *r != Role::Sink) => {}
                     None => {
                         let mut d = Diagnostic::new(
                             K::UnknownInput,
                             path,
-                            format!("`{}` reads `{input}`, but no component is named `{name}`", c.name),
+                            format!(
+                                "`{}` reads `{input}`, but no component is named `{name}`",
+                                c.name
+                            ),
                         );
-                        d = match did_you_mean(name, by_name.keys().copied()) {
+                        d = match did_you_mean(name, declared.keys().map(String::as_str)) {
                             Some(m) => d.with_hint(format!("did you mean `{m}`?")),
                             None => d.with_hint("name a source or processor of this file, or `topic:<name>` for an external topic"),
                         };
                         errors.push(d);
                     }
                     Some(target) if target.role == Role::Sink => errors.push(
-                        Diagnostic::new(K::UnknownInput, path, format!("`{name}` is a sink and has no output to read"))
-                            .with_hint("read the source or processor that feeds it instead"),
+                        Diagnostic::new(
+                            K::UnknownInput,
+                            path,
+                            format!("`{name}` is a sink and has no output to read"),
+                        )
+                        .with_hint("read the source or processor that feeds it instead"),
                     ),
                     Some(target) if name == &c.name => errors.push(Diagnostic::new(
                         K::Cycle,
@@ -402,14 +488,20 @@ fn check_inputs(components: &[Component], errors: &mut Vec<Diagnostic>) {
 
 /// Finds cycles among components with a depth-first search; each cycle is reported once.
 fn check_cycles(components: &[Component], errors: &mut Vec<Diagnostic>) {
-    let index: HashMap<&str, usize> = components.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = components
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
     let edges: Vec<Vec<usize>> = components
         .iter()
         .map(|c| {
             c.inputs
                 .iter()
                 .filter_map(|i| match i {
-                    Input::Component { name, .. } if name != &c.name => index.get(name.as_str()).copied(),
+                    Input::Component { name, .. } if name != &c.name => {
+                        index.get(name.as_str()).copied()
+                    }
                     _ => None,
                 })
                 .collect()
@@ -438,7 +530,10 @@ fn check_cycles(components: &[Component], errors: &mut Vec<Diagnostic>) {
                 Mark::New => visit(m, edges, marks, stack, components, errors),
                 Mark::Active => {
                     let start = stack.iter().position(|&s| s == m).unwrap_or(0);
-                    let mut names: Vec<&str> = stack[start..].iter().map(|&s| components[s].name.as_str()).collect();
+                    let mut names: Vec<&str> = stack[start..]
+                        .iter()
+                        .map(|&s| components[s].name.as_str())
+                        .collect();
                     names.reverse();
                     names.push(names[0]);
                     let c = &components[m];
@@ -470,10 +565,18 @@ pub fn valid_topic(topic: &str) -> Result<(), String> {
         return Err("a topic name cannot be empty, `.` or `..`".into());
     }
     if topic.len() > 249 {
-        return Err(format!("a topic name has at most 249 characters, this one has {}", topic.len()));
+        return Err(format!(
+            "a topic name has at most 249 characters, this one has {}",
+            topic.len()
+        ));
     }
-    if let Some(bad) = topic.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(format!("`{bad}` is not allowed; use letters, digits, `.`, `_` and `-`"));
+    if let Some(bad) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "`{bad}` is not allowed; use letters, digits, `.`, `_` and `-`"
+        ));
     }
     Ok(())
 }
@@ -482,7 +585,11 @@ fn check_topic_names(topology: &Topology, errors: &mut Vec<Diagnostic>) {
     if let Err(why) = valid_topic(&topology.dead_letter_topic()) {
         errors.push(Diagnostic::new(K::InvalidTopic, "topics.dead_letter", why));
     }
-    for c in topology.components.iter().filter(|c| c.role == Role::Processor) {
+    for c in topology
+        .components
+        .iter()
+        .filter(|c| c.role == Role::Processor)
+    {
         let ports = std::iter::once(None).chain(c.ports.iter().map(|p| Some(p.as_str())));
         for port in ports {
             let topic = topology.output_topic(&c.name, port);

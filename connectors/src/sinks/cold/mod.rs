@@ -10,7 +10,8 @@ pub fn kind() -> TypedKind<ColdSinkConfig> {
     TypedKind {
         name: "cold_archive",
         role: Role::Sink,
-        summary: "append-only Avro files by date, named by position range, in a hash-chained manifest",
+        summary:
+            "append-only Avro files by date, named by position range, in a hash-chained manifest",
         ports: |_| Ports::default(),
         check: ColdSinkConfig::check,
     }

@@ -21,7 +21,11 @@ fn default_schema() -> String {
 
 impl HotSinkConfig {
     pub fn check(&self) -> Vec<SettingsError> {
-        let mut errors: Vec<_> = self.connection.check("connection.url").into_iter().collect();
+        let mut errors: Vec<_> = self
+            .connection
+            .check("connection.url")
+            .into_iter()
+            .collect();
         errors.extend(self.batching.check());
         errors
     }

@@ -26,7 +26,11 @@ fn default_ahead() -> u32 {
 
 impl WarmSinkConfig {
     pub fn check(&self) -> Vec<SettingsError> {
-        let mut errors: Vec<_> = self.connection.check("connection.url").into_iter().collect();
+        let mut errors: Vec<_> = self
+            .connection
+            .check("connection.url")
+            .into_iter()
+            .collect();
         errors.extend(self.batching.check());
         if self.partitions_ahead > 120 {
             errors.push(SettingsError {

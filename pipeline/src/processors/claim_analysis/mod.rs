@@ -10,7 +10,8 @@ pub fn kind() -> TypedKind<ClaimAnalysisConfig> {
     TypedKind {
         name: "claim_analysis",
         role: Role::Processor,
-        summary: "validates, classifies and scores claims; routes them to approve, review or investigate",
+        summary:
+            "validates, classifies and scores claims; routes them to approve, review or investigate",
         ports: |_| Ports::default(),
         check: ClaimAnalysisConfig::check,
     }

@@ -74,7 +74,9 @@ impl ConflictConfig {
                         errors.push(SettingsError {
                             kind: DiagnosticKind::InvalidValue,
                             path: format!("tables.{table}.field_groups.{group}"),
-                            message: format!("field `{field}` is in two groups (`{other}` and `{group}`)"),
+                            message: format!(
+                                "field `{field}` is in two groups (`{other}` and `{group}`)"
+                            ),
                             hint: Some("a field belongs to at most one group".into()),
                         });
                     }

@@ -10,7 +10,8 @@ pub fn kind() -> TypedKind<ConflictConfig> {
     TypedKind {
         name: "conflict_resolution",
         role: Role::Processor,
-        summary: "merges changes from cloud and on-prem replicas deterministically; audits each conflict",
+        summary:
+            "merges changes from cloud and on-prem replicas deterministically; audits each conflict",
         ports: |_| Ports {
             named: vec!["audit".into()],
         },

@@ -76,7 +76,9 @@ impl TieringConfig {
                 kind: DiagnosticKind::MissingField,
                 path: "pii.key_file".into(),
                 message: "pii modes `tokenize` and `encrypt` need a `key_file`".into(),
-                hint: Some("point key_file at a file with 32 random bytes, readable only by Strata".into()),
+                hint: Some(
+                    "point key_file at a file with 32 random bytes, readable only by Strata".into(),
+                ),
             });
         }
         if self.pii.mode == PiiMode::Encrypt && self.pii.key_id.is_none() {
