@@ -68,6 +68,8 @@ enum Command {
     },
     /// List the component kinds topology files can use.
     Kinds,
+    /// Write a synthetic claims workload into the source database.
+    Generate(GenerateArgs),
     /// Serve a Confluent-compatible schema registry.
     Registry {
         #[arg(long, default_value = "127.0.0.1:8081", env = "STRATA_REGISTRY_LISTEN")]
@@ -80,6 +82,97 @@ enum Command {
         )]
         data_dir: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Source database (the claims tables are created when missing).
+    #[arg(
+        long,
+        env = "STRATA_PG_URL",
+        default_value = "postgres://postgres@127.0.0.1:15432/claims"
+    )]
+    url: String,
+    #[arg(long, default_value_t = 2_000)]
+    members: u32,
+    #[arg(long, default_value_t = 200)]
+    providers: u32,
+    /// Claims of the bulk backfill, spread over `--years`.
+    #[arg(long, default_value_t = 20_000)]
+    claims: u32,
+    /// Claims arriving after the backfill, with their lifecycle (updates, corrections, voids).
+    #[arg(long, default_value_t = 0)]
+    stream_claims: u32,
+    /// New claims per second while streaming; as fast as possible when left out.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Share of planted anomalies, 0 to 1.
+    #[arg(long, default_value_t = 0.05)]
+    anomaly_share: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 3)]
+    years: u32,
+    /// The generator's "today" (YYYY-MM-DD); fix it to reproduce data exactly.
+    #[arg(long)]
+    today: Option<chrono::NaiveDate>,
+    /// Empty the claims tables first.
+    #[arg(long)]
+    reset: bool,
+}
+
+async fn generate(args: GenerateArgs) -> Result<(), String> {
+    use strata_connectors::generator::{self, GeneratorConfig};
+    let config = GeneratorConfig {
+        members: args.members,
+        providers: args.providers,
+        claims: args.claims,
+        stream_claims: args.stream_claims,
+        rate: args.rate,
+        anomaly_share: args.anomaly_share,
+        seed: args.seed,
+        years: args.years,
+        today: args
+            .today
+            .unwrap_or_else(|| chrono::Utc::now().date_naive()),
+    };
+    config.check().map_err(|e| e.to_string())?;
+    let connection = strata_connectors::pg_connection::PgConnection {
+        url: args.url,
+        password: std::env::var("PGPASSWORD")
+            .ok()
+            .map(strata_pipeline::secret::Secret::new),
+        ssl_mode: "prefer".into(),
+    };
+    let options = connection.options().map_err(|e| e.to_string())?;
+    let mut conn = generator::connect(&options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let report = generator::generate(&mut conn, &config, args.reset)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "wrote {} members, {} providers, {} policies, {} claims ({} lines, {} anomaly labels)",
+        report.members,
+        report.providers,
+        report.policies,
+        report.claims,
+        report.lines,
+        report.labels
+    );
+    println!(
+        "bulk load: {} rows in {:.2}s = {:.0} rows/s",
+        report.bulk_rows,
+        report.bulk_seconds,
+        report.bulk_rows_per_second()
+    );
+    if config.stream_claims > 0 {
+        println!(
+            "stream: {} updates, {} deletes in {:.2}s",
+            report.updates, report.deletes, report.stream_seconds
+        );
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -146,6 +239,7 @@ fn main() -> ExitCode {
             };
             block_on(run::run(topology, listen))
         }
+        Command::Generate(args) => block_on(generate(args)),
         Command::Registry { listen, data_dir } => block_on(registry::serve(listen, data_dir)),
     }
 }

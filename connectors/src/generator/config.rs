@@ -88,13 +88,34 @@ mod tests {
         let ok = GeneratorConfig::default();
         assert!(ok.check().is_ok());
         let bad = [
-            GeneratorConfig { members: 0, ..ok.clone() },
-            GeneratorConfig { rate: Some(0.0), ..ok.clone() },
-            GeneratorConfig { rate: Some(f64::NAN), ..ok.clone() },
-            GeneratorConfig { anomaly_share: 1.5, ..ok.clone() },
-            GeneratorConfig { anomaly_share: -0.1, ..ok.clone() },
-            GeneratorConfig { years: 0, ..ok.clone() },
-            GeneratorConfig { providers: 3, ..ok.clone() },
+            GeneratorConfig {
+                members: 0,
+                ..ok.clone()
+            },
+            GeneratorConfig {
+                rate: Some(0.0),
+                ..ok.clone()
+            },
+            GeneratorConfig {
+                rate: Some(f64::NAN),
+                ..ok.clone()
+            },
+            GeneratorConfig {
+                anomaly_share: 1.5,
+                ..ok.clone()
+            },
+            GeneratorConfig {
+                anomaly_share: -0.1,
+                ..ok.clone()
+            },
+            GeneratorConfig {
+                years: 0,
+                ..ok.clone()
+            },
+            GeneratorConfig {
+                providers: 3,
+                ..ok.clone()
+            },
         ];
         for config in bad {
             assert!(config.check().is_err(), "{config:?}");

@@ -99,7 +99,7 @@ IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'claim_lines_procedure_id
 CREATE INDEX claim_lines_procedure_idx ON dbo.claim_lines (procedure_code);
 GO
 
-IF SCHEMA_ID(N'generator') IS NULL EXEC (N'CREATE SCHEMA generator');
+IF SCHEMA_ID(N'generator') IS NULL EXEC sys.sp_executesql N'CREATE SCHEMA generator';
 GO
 IF OBJECT_ID(N'generator.anomaly_labels', N'U') IS NULL
 CREATE TABLE generator.anomaly_labels (
