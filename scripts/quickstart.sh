@@ -10,6 +10,10 @@ eval "$(scripts/services.sh start)"
 cargo build -q "${BUILD_FLAGS[@]}"
 STRATA="$CARGO_TARGET_DIR/debug/strata"
 
+log "writing a claims workload into $STRATA_PG_URL"
+"$STRATA" generate --members "${STRATA_QUICKSTART_MEMBERS:-5000}" --providers 300 \
+  --claims "${STRATA_QUICKSTART_CLAIMS:-50000}" --reset
+
 "$STRATA" validate topologies/quickstart.yaml
 log "the quickstart topology:"
 "$STRATA" graph topologies/quickstart.yaml >&2

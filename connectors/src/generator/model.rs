@@ -275,10 +275,11 @@ pub fn reference(config: &GeneratorConfig) -> Reference {
                 first_name: catalog::FIRST_NAMES[rng.random_range(0..catalog::FIRST_NAMES.len())],
                 last_name: catalog::LAST_NAMES[rng.random_range(0..catalog::LAST_NAMES.len())],
                 date_of_birth: config.today - Duration::days(rng.random_range(365..90 * 365)),
+                // Unique for up to 10^8 members; the 9xx area is never issued.
                 ssn: format!(
                     "9{:02}-{:02}-{:04}",
-                    id % 100,
-                    (id / 100) % 100,
+                    (id / 1_000_000) % 100,
+                    (id / 10_000) % 100,
                     id % 10_000
                 ),
                 gender: ["F", "M", "X"][rng.random_range(0..3)],
