@@ -1,6 +1,11 @@
 //! PostgreSQL CDC source: snapshot, then logical replication with pgoutput.
+//!
+//! `pgoutput` and `position` hold the protocol and LSN logic, apart from the adapter
+//! that plugs the source into the pipeline.
 
 mod config;
+pub mod pgoutput;
+pub mod position;
 
 pub use config::{PostgresSourceConfig, SnapshotMode};
 
