@@ -64,17 +64,51 @@ pub enum Cell {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    Begin { final_lsn: u64, commit_time_micros: i64, xid: u32 },
-    Commit { flags: u8, commit_lsn: u64, end_lsn: u64, commit_time_micros: i64 },
-    Origin { lsn: u64, name: String },
+    Begin {
+        final_lsn: u64,
+        commit_time_micros: i64,
+        xid: u32,
+    },
+    Commit {
+        flags: u8,
+        commit_lsn: u64,
+        end_lsn: u64,
+        commit_time_micros: i64,
+    },
+    Origin {
+        lsn: u64,
+        name: String,
+    },
     Relation(Relation),
-    Type { oid: u32, namespace: String, name: String },
-    Insert { relation: u32, new: Vec<Cell> },
+    Type {
+        oid: u32,
+        namespace: String,
+        name: String,
+    },
+    Insert {
+        relation: u32,
+        new: Vec<Cell>,
+    },
     /// `old` is the key (`K`) or the whole old row (`O`, REPLICA IDENTITY FULL), when sent.
-    Update { relation: u32, old: Option<(OldKind, Vec<Cell>)>, new: Vec<Cell> },
-    Delete { relation: u32, old: (OldKind, Vec<Cell>) },
-    Truncate { options: u8, relations: Vec<u32> },
-    LogicalMessage { transactional: bool, lsn: u64, prefix: String, content: Bytes },
+    Update {
+        relation: u32,
+        old: Option<(OldKind, Vec<Cell>)>,
+        new: Vec<Cell>,
+    },
+    Delete {
+        relation: u32,
+        old: (OldKind, Vec<Cell>),
+    },
+    Truncate {
+        options: u8,
+        relations: Vec<u32>,
+    },
+    LogicalMessage {
+        transactional: bool,
+        lsn: u64,
+        prefix: String,
+        content: Bytes,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,10 +124,14 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.bytes.len()).ok_or(DecodeError::Truncated {
-            offset: self.pos,
-            needed: n.saturating_sub(self.bytes.len().saturating_sub(self.pos)),
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.bytes.len())
+            .ok_or(DecodeError::Truncated {
+                offset: self.pos,
+                needed: n.saturating_sub(self.bytes.len().saturating_sub(self.pos)),
+            })?;
         let slice = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(slice)
@@ -124,8 +162,12 @@ impl<'a> Cursor<'a> {
     fn cstring(&mut self) -> Result<String, DecodeError> {
         let start = self.pos;
         let rest = &self.bytes[self.pos.min(self.bytes.len())..];
-        let nul = rest.iter().position(|b| *b == 0).ok_or(DecodeError::BadString { offset: start })?;
-        let text = std::str::from_utf8(&rest[..nul]).map_err(|_| DecodeError::BadString { offset: start })?;
+        let nul = rest
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or(DecodeError::BadString { offset: start })?;
+        let text = std::str::from_utf8(&rest[..nul])
+            .map_err(|_| DecodeError::BadString { offset: start })?;
         self.pos += nul + 1;
         Ok(text.to_string())
     }
@@ -137,12 +179,18 @@ impl<'a> Cursor<'a> {
     fn length(&mut self) -> Result<usize, DecodeError> {
         let offset = self.pos;
         let len = self.i32()?;
-        usize::try_from(len).map_err(|_| DecodeError::NegativeLength { offset, len: i64::from(len) })
+        usize::try_from(len).map_err(|_| DecodeError::NegativeLength {
+            offset,
+            len: i64::from(len),
+        })
     }
     fn count(&mut self) -> Result<usize, DecodeError> {
         let offset = self.pos;
         let n = self.i16()?;
-        usize::try_from(n).map_err(|_| DecodeError::NegativeLength { offset, len: i64::from(n) })
+        usize::try_from(n).map_err(|_| DecodeError::NegativeLength {
+            offset,
+            len: i64::from(n),
+        })
     }
 
     fn tuple(&mut self) -> Result<Vec<Cell>, DecodeError> {
@@ -171,7 +219,12 @@ impl<'a> Cursor<'a> {
         let kind = match marker {
             b'K' => OldKind::Key,
             b'O' => OldKind::FullRow,
-            marker => return Err(DecodeError::UnexpectedMarker { offset: self.pos - 1, marker }),
+            marker => {
+                return Err(DecodeError::UnexpectedMarker {
+                    offset: self.pos - 1,
+                    marker,
+                })
+            }
         };
         Ok((kind, self.tuple()?))
     }
@@ -179,7 +232,10 @@ impl<'a> Cursor<'a> {
     fn expect_new(&mut self) -> Result<Vec<Cell>, DecodeError> {
         match self.u8()? {
             b'N' => self.tuple(),
-            marker => Err(DecodeError::UnexpectedMarker { offset: self.pos - 1, marker }),
+            marker => Err(DecodeError::UnexpectedMarker {
+                offset: self.pos - 1,
+                marker,
+            }),
         }
     }
 }
@@ -189,9 +245,21 @@ pub fn decode(bytes: &Bytes) -> Result<Message, DecodeError> {
     let mut c = Cursor { bytes, pos: 0 };
     let tag = c.u8()?;
     Ok(match tag {
-        b'B' => Message::Begin { final_lsn: c.u64()?, commit_time_micros: c.i64()?, xid: c.u32()? },
-        b'C' => Message::Commit { flags: c.u8()?, commit_lsn: c.u64()?, end_lsn: c.u64()?, commit_time_micros: c.i64()? },
-        b'O' => Message::Origin { lsn: c.u64()?, name: c.cstring()? },
+        b'B' => Message::Begin {
+            final_lsn: c.u64()?,
+            commit_time_micros: c.i64()?,
+            xid: c.u32()?,
+        },
+        b'C' => Message::Commit {
+            flags: c.u8()?,
+            commit_lsn: c.u64()?,
+            end_lsn: c.u64()?,
+            commit_time_micros: c.i64()?,
+        },
+        b'O' => Message::Origin {
+            lsn: c.u64()?,
+            name: c.cstring()?,
+        },
         b'R' => {
             let oid = c.u32()?;
             let namespace = c.cstring()?;
@@ -206,29 +274,58 @@ pub fn decode(bytes: &Bytes) -> Result<Message, DecodeError> {
             let mut columns = Vec::with_capacity(n.min(1024));
             for _ in 0..n {
                 let flags = c.u8()?;
-                columns.push(RelationColumn { is_key: flags & 1 == 1, name: c.cstring()?, type_oid: c.u32()?, type_modifier: c.i32()? });
+                columns.push(RelationColumn {
+                    is_key: flags & 1 == 1,
+                    name: c.cstring()?,
+                    type_oid: c.u32()?,
+                    type_modifier: c.i32()?,
+                });
             }
-            Message::Relation(Relation { oid, namespace, name, replica_identity, columns })
+            Message::Relation(Relation {
+                oid,
+                namespace,
+                name,
+                replica_identity,
+                columns,
+            })
         }
-        b'Y' => Message::Type { oid: c.u32()?, namespace: c.cstring()?, name: c.cstring()? },
+        b'Y' => Message::Type {
+            oid: c.u32()?,
+            namespace: c.cstring()?,
+            name: c.cstring()?,
+        },
         b'I' => {
             let relation = c.u32()?;
-            Message::Insert { relation, new: c.expect_new()? }
+            Message::Insert {
+                relation,
+                new: c.expect_new()?,
+            }
         }
         b'U' => {
             let relation = c.u32()?;
             match c.u8()? {
-                b'N' => Message::Update { relation, old: None, new: c.tuple()? },
+                b'N' => Message::Update {
+                    relation,
+                    old: None,
+                    new: c.tuple()?,
+                },
                 marker => {
                     let old = c.old_tuple(marker)?;
-                    Message::Update { relation, old: Some(old), new: c.expect_new()? }
+                    Message::Update {
+                        relation,
+                        old: Some(old),
+                        new: c.expect_new()?,
+                    }
                 }
             }
         }
         b'D' => {
             let relation = c.u32()?;
             let marker = c.u8()?;
-            Message::Delete { relation, old: c.old_tuple(marker)? }
+            Message::Delete {
+                relation,
+                old: c.old_tuple(marker)?,
+            }
         }
         b'T' => {
             let n = c.u32()? as usize;
@@ -244,7 +341,12 @@ pub fn decode(bytes: &Bytes) -> Result<Message, DecodeError> {
             let lsn = c.u64()?;
             let prefix = c.cstring()?;
             let len = c.length()?;
-            Message::LogicalMessage { transactional: flags & 1 == 1, lsn, prefix, content: c.bytes(len)? }
+            Message::LogicalMessage {
+                transactional: flags & 1 == 1,
+                lsn,
+                prefix,
+                content: c.bytes(len)?,
+            }
         }
         tag => return Err(DecodeError::UnknownTag { tag }),
     })
@@ -289,8 +391,13 @@ mod tests {
 
     #[test]
     fn decodes_relation_and_changes() {
-        let Message::Relation(r) = decode(&Bytes::from(relation_bytes())).unwrap() else { panic!("a relation") };
-        assert_eq!((r.namespace.as_str(), r.name.as_str(), r.columns.len()), ("public", "claims", 2));
+        let Message::Relation(r) = decode(&Bytes::from(relation_bytes())).unwrap() else {
+            panic!("a relation")
+        };
+        assert_eq!(
+            (r.namespace.as_str(), r.name.as_str(), r.columns.len()),
+            ("public", "claims", 2)
+        );
         assert!(r.columns[0].is_key && !r.columns[1].is_key);
 
         let mut insert = vec![b'I'];
@@ -299,7 +406,10 @@ mod tests {
         insert.extend(tuple(&[Some("7"), None]));
         assert_eq!(
             decode(&Bytes::from(insert)).unwrap(),
-            Message::Insert { relation: 16_384, new: vec![Cell::Text(Bytes::from_static(b"7")), Cell::Null] }
+            Message::Insert {
+                relation: 16_384,
+                new: vec![Cell::Text(Bytes::from_static(b"7")), Cell::Null]
+            }
         );
 
         let mut update = vec![b'U'];
@@ -308,7 +418,14 @@ mod tests {
         update.extend(tuple(&[Some("7"), None]));
         update.push(b'N');
         update.extend(tuple(&[Some("8"), Some("<toast>")]));
-        let Message::Update { old: Some((OldKind::Key, old)), new, .. } = decode(&Bytes::from(update)).unwrap() else { panic!("an update") };
+        let Message::Update {
+            old: Some((OldKind::Key, old)),
+            new,
+            ..
+        } = decode(&Bytes::from(update)).unwrap()
+        else {
+            panic!("an update")
+        };
         assert_eq!(old[0], Cell::Text(Bytes::from_static(b"7")));
         assert_eq!(new[1], Cell::UnchangedToast);
     }
@@ -317,9 +434,15 @@ mod tests {
     fn every_truncation_is_an_error_not_a_panic() {
         let full = relation_bytes();
         for len in 0..full.len() {
-            assert!(decode(&Bytes::copy_from_slice(&full[..len])).is_err(), "prefix of {len} bytes");
+            assert!(
+                decode(&Bytes::copy_from_slice(&full[..len])).is_err(),
+                "prefix of {len} bytes"
+            );
         }
-        assert_eq!(decode(&Bytes::from_static(b"Z")), Err(DecodeError::UnknownTag { tag: b'Z' }));
+        assert_eq!(
+            decode(&Bytes::from_static(b"Z")),
+            Err(DecodeError::UnknownTag { tag: b'Z' })
+        );
     }
 
     proptest::proptest! {
