@@ -25,7 +25,7 @@ async fn serves_ops_endpoints_and_exits_zero_on_sigterm() {
     let file = dir.path().join("topology.yaml");
     std::fs::write(&file, text).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+    let child = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(["--log-format", "json", "run"])
         .arg(&file)
         .args(["--listen", &listen])
