@@ -4,32 +4,9 @@
 mod support;
 
 use chrono::NaiveDate;
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Executor, PgConnection};
 use strata_connectors::generator::{self, GenerateError, GeneratorConfig};
-
-/// A fresh database for one test, dropped by the next run's cleanup at the latest.
-async fn fresh_db(name: &str) -> (String, PgConnection) {
-    let base = support::pg_url()
-        .rsplit_once('/')
-        .map(|(base, _)| base.to_string())
-        .unwrap();
-    let admin_url = format!("{base}/postgres");
-    let mut admin = PgConnection::connect(&admin_url)
-        .await
-        .expect("admin connection");
-    let db = format!("gen_{name}_{}", std::process::id());
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
-        .await
-        .unwrap();
-    admin
-        .execute(format!("CREATE DATABASE {db}").as_str())
-        .await
-        .unwrap();
-    let url = format!("{base}/{db}");
-    let conn = PgConnection::connect(&url).await.unwrap();
-    (url, conn)
-}
+use support::fresh_db;
 
 fn config() -> GeneratorConfig {
     GeneratorConfig {

@@ -81,3 +81,29 @@ impl Registry {
         self.task.await.expect("registry task ends");
     }
 }
+
+/// A fresh, empty database for one test (dropped and recreated on every run).
+pub async fn fresh_db(name: &str) -> (String, sqlx::PgConnection) {
+    use sqlx::{Connection, Executor};
+    let base = pg_url()
+        .rsplit_once('/')
+        .map(|(base, _)| base.to_string())
+        .expect("a database URL");
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("admin connection");
+    let db = format!("t_{name}_{}", std::process::id());
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
+        .await
+        .expect("drop");
+    admin
+        .execute(format!("CREATE DATABASE {db}").as_str())
+        .await
+        .expect("create");
+    let url = format!("{base}/{db}");
+    let conn = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("connect to the fresh database");
+    (url, conn)
+}

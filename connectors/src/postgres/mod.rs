@@ -6,6 +6,7 @@
 mod config;
 pub mod pgoutput;
 pub mod position;
+pub mod prerequisites;
 pub mod values;
 
 pub use config::{PostgresSourceConfig, SnapshotMode};
