@@ -7,4 +7,5 @@ pub mod ops;
 pub mod processors;
 pub mod runtime;
 pub mod secret;
+pub mod state;
 pub mod topology;
