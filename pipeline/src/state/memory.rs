@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
-use super::{Batch, StateError, StateStore};
+use super::{Batch, Entry, StateError, StateStore};
 
 type KeySpace = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -50,11 +50,7 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    fn scan_prefix(
-        &self,
-        store: &str,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    fn scan_prefix(&self, store: &str, prefix: &[u8]) -> Result<Vec<Entry>, StateError> {
         let stores = self.stores.read().unwrap_or_else(|p| p.into_inner());
         let space = stores
             .get(store)

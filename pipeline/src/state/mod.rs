@@ -31,6 +31,9 @@ pub enum StateError {
     Io(#[source] rocksdb::Error),
 }
 
+/// A key and its value, as scans return them.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// Changes to apply together.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Batch {
@@ -56,11 +59,7 @@ pub trait StateStore: Send + Sync {
     /// Applies `batch` atomically.
     fn write(&self, batch: Batch) -> Result<(), StateError>;
     /// Every (key, value) of `store` whose key starts with `prefix`, in key order.
-    fn scan_prefix(
-        &self,
-        store: &str,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError>;
+    fn scan_prefix(&self, store: &str, prefix: &[u8]) -> Result<Vec<Entry>, StateError>;
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use rocksdb::{
     DB,
 };
 
-use super::{Batch, StateError, StateStore};
+use super::{Batch, Entry, StateError, StateStore};
 
 pub struct RocksStore {
     db: DB,
@@ -63,11 +63,7 @@ impl StateStore for RocksStore {
         self.db.write(wb).map_err(StateError::Io)
     }
 
-    fn scan_prefix(
-        &self,
-        store: &str,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    fn scan_prefix(&self, store: &str, prefix: &[u8]) -> Result<Vec<Entry>, StateError> {
         let cf = self
             .db
             .cf_handle(store)
