@@ -7,6 +7,7 @@ mod config;
 pub mod pgoutput;
 pub mod position;
 pub mod prerequisites;
+pub mod relations;
 pub mod values;
 
 pub use config::{PostgresSourceConfig, SnapshotMode};
