@@ -1,5 +1,6 @@
 //! Kafka plumbing: client settings from the topology, and topic administration.
 
+pub mod acks;
 mod admin;
 mod config;
 
