@@ -4,10 +4,12 @@
 //! that plugs the source into the pipeline.
 
 mod config;
+pub mod events;
 pub mod pgoutput;
 pub mod position;
 pub mod prerequisites;
 pub mod relations;
+pub mod source;
 pub mod values;
 
 pub use config::{PostgresSourceConfig, SnapshotMode};

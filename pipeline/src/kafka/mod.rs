@@ -3,9 +3,11 @@
 pub mod acks;
 mod admin;
 mod config;
+mod producer;
 
 pub use admin::{ensure_topics, TopicSpec};
 pub use config::client_config;
+pub use producer::producer;
 
 /// Errors talking to Kafka. Transient ones are worth a retry; the rest need a fix.
 #[derive(Debug, thiserror::Error)]

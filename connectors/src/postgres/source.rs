@@ -1,0 +1,558 @@
+//! The PostgreSQL source: snapshot, then streaming, each change an Avro event in Kafka.
+//!
+//! Invariants:
+//! - The slot's `confirmed_flush_lsn` only moves to a position when Kafka has
+//!   acknowledged every event up to it ([`AckTracker`]); a crash replays from there, so
+//!   nothing is lost and a duplicate carries the same position as its original.
+//! - While no transaction is open and nothing is in flight, keepalives move the
+//!   confirmed position to the server's WAL end, so idle tables never pin WAL.
+//! - The snapshot is read in the slot's exported snapshot, before streaming starts:
+//!   every row once as `op=r`, then exactly the changes committed after it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use futures::stream::{FuturesOrdered, StreamExt};
+use pgwire_replication::{Lsn as WireLsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{Connection, Executor, Row};
+use strata_pipeline::avro::schemas::table_schemas;
+use strata_pipeline::avro::{Codec, CodecError, Writer};
+use strata_pipeline::kafka::acks::{AckTracker, TxId};
+use strata_pipeline::kafka::{ensure_topics, KafkaError, TopicSpec};
+use strata_pipeline::ops::shutdown::CancellationToken;
+use strata_pipeline::topology::KafkaSettings;
+
+use super::config::{PostgresSourceConfig, SnapshotMode};
+use super::events::{self, RowText, SourceInfo};
+use super::pgoutput::{self, Cell, Message};
+use super::position::{Lsn, Position};
+use super::prerequisites::{self, PrerequisiteError};
+use super::relations::{RelationCache, TableShape};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Prerequisites(#[from] PrerequisiteError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("replication connection failed: {0}")]
+    Replication(#[from] pgwire_replication::PgWireError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("Kafka did not accept an event: {0}")]
+    Delivery(#[source] rdkafka::error::KafkaError),
+    #[error("corrupt replication message: {0}")]
+    Decode(#[from] pgoutput::DecodeError),
+    #[error("{0}")]
+    Value(#[from] super::values::ValueError),
+    #[error("column type: {0}")]
+    Type(#[from] strata_pipeline::avro::types::UnmappedType),
+    #[error("schema: {0}")]
+    Schema(#[from] strata_pipeline::avro::schemas::SchemaError),
+    #[error("replication slot `{slot}` is lost (wal_status = lost): changes it had not read are gone. Strata never recreates it silently; drop it and re-snapshot deliberately (pg_drop_replication_slot('{slot}'))")]
+    SlotLost { slot: String },
+    #[error("a change arrived for relation {0}, which no Relation message described")]
+    UnknownRelation(u32),
+}
+
+/// Everything the source needs from the deployment around it.
+pub struct SourceContext {
+    pub name: String,
+    pub region: String,
+    pub kafka: KafkaSettings,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub codec: std::sync::Arc<Codec>,
+}
+
+struct TableWriters {
+    topic: String,
+    key: Writer,
+    value: Writer,
+}
+
+type Delivery = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (TxId, Result<(), rdkafka::error::KafkaError>)> + Send>,
+>;
+
+struct Emitter<'a> {
+    ctx: &'a SourceContext,
+    db: String,
+    producer: FutureProducer,
+    writers: HashMap<(String, String), TableWriters>,
+    tracker: AckTracker<Lsn>,
+    deliveries: FuturesOrdered<Delivery>,
+    max_in_flight: usize,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Emitter<'_> {
+    async fn writers_for(
+        &mut self,
+        shape: &TableShape,
+        refresh: bool,
+    ) -> Result<&TableWriters, SourceError> {
+        let id = (shape.schema.clone(), shape.table.clone());
+        if refresh || !self.writers.contains_key(&id) {
+            let topic = format!(
+                "{}.cdc.{}.{}.{}",
+                self.ctx.region, self.db, shape.schema, shape.table
+            );
+            ensure_topics(
+                &strata_pipeline::kafka::client_config(&self.ctx.kafka),
+                &[TopicSpec {
+                    name: topic.clone(),
+                    partitions: self.ctx.partitions,
+                    replication_factor: self.ctx.replication_factor,
+                    compacted: false,
+                }],
+            )
+            .await?;
+            let schemas = table_schemas(
+                &topic,
+                &format!("{}.{}", shape.schema, shape.table),
+                &shape.columns,
+                &shape.key,
+            )?;
+            let key = self
+                .ctx
+                .codec
+                .register(&format!("{topic}-key"), &schemas.key)
+                .await?;
+            let value = self
+                .ctx
+                .codec
+                .register(&format!("{topic}-value"), &schemas.value)
+                .await?;
+            self.writers
+                .insert(id.clone(), TableWriters { topic, key, value });
+        }
+        Ok(&self.writers[&id])
+    }
+
+    /// Sends one event; waits for deliveries when too many are in flight (back-pressure).
+    async fn send(
+        &mut self,
+        tx: TxId,
+        shape: &TableShape,
+        key: &Value,
+        value: &Value,
+    ) -> Result<(), SourceError> {
+        while self.deliveries.len() >= self.max_in_flight {
+            self.settle_one().await?;
+        }
+        let w = self.writers_for(shape, false).await?;
+        let (key_bytes, value_bytes, topic) =
+            (w.key.encode(key)?, w.value.encode(value)?, w.topic.clone());
+        let producer = self.producer.clone();
+        self.tracker.sent(tx);
+        self.deliveries.push_back(Box::pin(async move {
+            let record = FutureRecord::to(&topic)
+                .key(&key_bytes)
+                .payload(&value_bytes);
+            let result = producer
+                .send(record, rdkafka::util::Timeout::Never)
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e);
+            (tx, result)
+        }));
+        Ok(())
+    }
+
+    async fn settle_one(&mut self) -> Result<(), SourceError> {
+        if let Some((tx, result)) = self.deliveries.next().await {
+            result.map_err(SourceError::Delivery)?;
+            self.tracker.acked(tx);
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self) -> Result<(), SourceError> {
+        while !self.deliveries.is_empty() {
+            self.settle_one().await?;
+        }
+        Ok(())
+    }
+}
+
+fn cells_text(cells: &[Cell]) -> RowText<'_> {
+    cells
+        .iter()
+        .map(|c| match c {
+            Cell::Null => Ok(None),
+            Cell::UnchangedToast => Err(()),
+            Cell::Text(b) | Cell::Binary(b) => Ok(std::str::from_utf8(b).ok()),
+        })
+        .collect()
+}
+
+/// The database name from connection options, for topic names.
+fn database_name(options: &PgConnectOptions) -> String {
+    options.get_database().unwrap_or("postgres").to_string()
+}
+
+pub async fn run(
+    config: &PostgresSourceConfig,
+    ctx: &SourceContext,
+    shutdown: CancellationToken,
+) -> Result<(), SourceError> {
+    let options = config
+        .connection
+        .options()
+        .map_err(|e| SourceError::Database(sqlx::Error::Configuration(e.to_string().into())))?;
+    let mut conn = PgConnection::connect_with(&options).await?;
+    let tables = prerequisites::check(&mut conn, &config.tables, &config.slot).await?;
+    prerequisites::ensure_publication(&mut conn, &config.publication, &config.tables).await?;
+    let slot: Option<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT confirmed_flush_lsn::text, wal_status FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(&config.slot)
+            .fetch_optional(&mut conn)
+            .await?;
+    if let Some((_, Some(status))) = &slot {
+        if status == "lost" {
+            return Err(SourceError::SlotLost {
+                slot: config.slot.clone(),
+            });
+        }
+    }
+
+    let password = config
+        .connection
+        .password
+        .as_ref()
+        .map(|p| p.expose().to_string())
+        .unwrap_or_default();
+    let replication = ReplicationConfig::new(
+        options.get_host(),
+        options.get_username(),
+        password,
+        database_name(&options),
+        config.slot.clone(),
+        config.publication.clone(),
+    )
+    .with_port(options.get_port())
+    .with_status_interval(config.status_interval.0);
+    let start: Option<Lsn> = slot
+        .as_ref()
+        .and_then(|(lsn, _)| lsn.as_deref())
+        .and_then(|l| l.parse().ok());
+    let replication = match start {
+        Some(lsn) => replication.with_start_lsn(WireLsn::from_u64(lsn.0)),
+        None => replication,
+    };
+    let mut client = ReplicationClient::connect_gated(replication).await?;
+    let producer = strata_pipeline::kafka::producer(&ctx.kafka)?;
+    let mut emitter = Emitter {
+        ctx,
+        db: database_name(&options),
+        producer,
+        writers: HashMap::new(),
+        tracker: AckTracker::new(start),
+        deliveries: FuturesOrdered::new(),
+        max_in_flight: (config.max_in_flight_bytes.0 / 1024).clamp(64, 100_000) as usize,
+    };
+
+    if slot.is_none() {
+        let export = if config.snapshot == SnapshotMode::Initial {
+            "(SNAPSHOT 'export')"
+        } else {
+            "(SNAPSHOT 'nothing')"
+        };
+        let rows = client
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT \"{}\" LOGICAL pgoutput {export}",
+                config.slot
+            ))
+            .await?;
+        let text = |i: usize| {
+            rows.first()
+                .and_then(|r| r.get(i))
+                .and_then(|c| c.as_ref())
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        };
+        let consistent: Lsn = text(1).and_then(|l| l.parse().ok()).unwrap_or_default();
+        tracing::info!(slot = %config.slot, %consistent, "created replication slot");
+        if let (SnapshotMode::Initial, Some(snapshot)) = (config.snapshot, text(2)) {
+            snapshot_tables(
+                &options,
+                &snapshot,
+                &tables,
+                consistent,
+                config.snapshot_chunk_rows,
+                &mut emitter,
+                &shutdown,
+            )
+            .await?;
+        }
+    }
+    drop(conn);
+    client.start().await?;
+    stream(&mut client, &mut emitter, &shutdown).await?;
+    emitter.drain().await?;
+    if let Some(lsn) = emitter.tracker.confirmed() {
+        client.update_applied_lsn(WireLsn::from_u64(lsn.0));
+    }
+    // The last status update goes out on the next status interval; wait for it.
+    tokio::time::sleep(config.status_interval.0 + Duration::from_millis(200)).await;
+    client.shutdown().await?;
+    Ok(())
+}
+
+async fn snapshot_tables(
+    options: &PgConnectOptions,
+    snapshot: &str,
+    tables: &[prerequisites::TableInfo],
+    consistent: Lsn,
+    chunk_rows: u32,
+    emitter: &mut Emitter<'_>,
+    shutdown: &CancellationToken,
+) -> Result<(), SourceError> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await?;
+    conn.execute(
+        format!(
+            "SET TRANSACTION SNAPSHOT '{}'",
+            snapshot.replace('\'', "''")
+        )
+        .as_str(),
+    )
+    .await?;
+    conn.execute(
+        "SET LOCAL TIME ZONE 'UTC'; SET LOCAL DateStyle = 'ISO'; SET LOCAL bytea_output = 'hex'",
+    )
+    .await?;
+    let tx = emitter.tracker.begin();
+    let mut index = 0u32;
+    for table in tables {
+        let shape = TableShape {
+            schema: table.schema.clone(),
+            table: table.name.clone(),
+            key: table.primary_key.clone(),
+            columns: table
+                .columns
+                .iter()
+                .map(|c| strata_pipeline::avro::types::Column {
+                    nullable: !table.primary_key.contains(&c.name),
+                    ..c.clone()
+                })
+                .collect(),
+        };
+        emitter.writers_for(&shape, false).await?;
+        let select = shape
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"::text", c.name.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        conn.execute(
+            format!(
+                "DECLARE strata_snapshot NO SCROLL CURSOR FOR SELECT {select} FROM \"{}\".\"{}\"",
+                table.schema, table.name
+            )
+            .as_str(),
+        )
+        .await?;
+        let mut done = 0u64;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let rows = sqlx::query(&format!("FETCH {chunk_rows} FROM strata_snapshot"))
+                .fetch_all(&mut conn)
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                let texts: Vec<Option<String>> = (0..shape.columns.len())
+                    .map(|i| r.try_get::<Option<String>, _>(i))
+                    .collect::<Result<_, _>>()?;
+                let cells: RowText<'_> = texts.iter().map(|t| Ok(t.as_deref())).collect();
+                let (after, unavailable) = events::row(&shape, &cells)?;
+                let key = events::key(&shape, &after);
+                let info = SourceInfo {
+                    region: &emitter.ctx.region,
+                    db: &emitter.db,
+                    txid: None,
+                    commit_time_ms: now_ms(),
+                    snapshot: "true",
+                };
+                let value = events::envelope(
+                    &shape,
+                    "r",
+                    None,
+                    Some(after),
+                    unavailable,
+                    Position {
+                        commit_lsn: consistent,
+                        index,
+                    },
+                    &info,
+                    now_ms(),
+                );
+                emitter.send(tx, &shape, &key, &value).await?;
+                index = index.wrapping_add(1);
+            }
+            done += rows.len() as u64;
+            tracing::info!(table = %table.qualified(), rows = done, "snapshot progress");
+        }
+        conn.execute("CLOSE strata_snapshot").await?;
+    }
+    conn.execute("COMMIT").await?;
+    emitter.tracker.seal(tx, consistent);
+    Ok(())
+}
+
+struct OpenTx {
+    id: TxId,
+    commit_lsn: Lsn,
+    xid: u32,
+    commit_time_ms: i64,
+    index: u32,
+}
+
+async fn stream(
+    client: &mut ReplicationClient,
+    emitter: &mut Emitter<'_>,
+    shutdown: &CancellationToken,
+) -> Result<(), SourceError> {
+    let mut relations = RelationCache::default();
+    let mut open: Option<OpenTx> = None;
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            Some((tx, result)) = emitter.deliveries.next(), if !emitter.deliveries.is_empty() => {
+                result.map_err(SourceError::Delivery)?;
+                emitter.tracker.acked(tx);
+                if let Some(lsn) = emitter.tracker.confirmed() {
+                    client.update_applied_lsn(WireLsn::from_u64(lsn.0));
+                }
+                continue;
+            }
+            event = client.recv() => event?,
+        };
+        let Some(event) = event else { return Ok(()) };
+        match event {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
+                open = Some(OpenTx {
+                    id: emitter.tracker.begin(),
+                    commit_lsn: Lsn(final_lsn.as_u64()),
+                    xid,
+                    commit_time_ms: commit_time_micros / 1000 + 946_684_800_000,
+                    index: 0,
+                });
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                if let Some(tx) = open.take() {
+                    emitter.tracker.seal(tx.id, Lsn(end_lsn.as_u64()));
+                }
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                if open.is_none() && emitter.deliveries.is_empty() {
+                    let tx = emitter.tracker.begin();
+                    emitter.tracker.seal(tx, Lsn(wal_end.as_u64()));
+                }
+                if let Some(lsn) = emitter.tracker.confirmed() {
+                    client.update_applied_lsn(WireLsn::from_u64(lsn.0));
+                }
+            }
+            ReplicationEvent::XLogData { data, .. } => {
+                let message = pgoutput::decode(&data)?;
+                handle_message(message, &mut relations, open.as_mut(), emitter).await?;
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn handle_message(
+    message: Message,
+    relations: &mut RelationCache,
+    open: Option<&mut OpenTx>,
+    emitter: &mut Emitter<'_>,
+) -> Result<(), SourceError> {
+    let changed = |oid: u32, relations: &RelationCache| {
+        relations
+            .get(oid)
+            .cloned()
+            .ok_or(SourceError::UnknownRelation(oid))
+    };
+    let (relation, op, old, new) = match message {
+        Message::Relation(r) => {
+            let (shape, change) = relations.update(&r, &|_, _| None)?;
+            if change != super::relations::Change::Unchanged {
+                tracing::info!(table = %format!("{}.{}", shape.schema, shape.table), ?change, "table schema");
+                emitter.writers_for(&shape, true).await?;
+            }
+            return Ok(());
+        }
+        Message::Insert { relation, new } => (relation, "c", None, Some(new)),
+        Message::Update { relation, old, new } => {
+            (relation, "u", old.map(|(_, cells)| cells), Some(new))
+        }
+        Message::Delete { relation, old } => (relation, "d", Some(old.1), None),
+        Message::Truncate {
+            relations: oids, ..
+        } => {
+            tracing::warn!(
+                ?oids,
+                "TRUNCATE captured; emitted as a warning only in this version"
+            );
+            return Ok(());
+        }
+        _ => return Ok(()),
+    };
+    let Some(tx) = open else { return Ok(()) };
+    let shape = changed(relation, relations)?;
+    let before = match &old {
+        Some(cells) => Some(events::row(&shape, &cells_text(cells))?),
+        None => None,
+    };
+    let after = match &new {
+        Some(cells) => Some(events::row(&shape, &cells_text(cells))?),
+        None => None,
+    };
+    let (key_source, unavailable) = match (&after, &before) {
+        (Some((row, u)), _) => (row.clone(), u.clone()),
+        (None, Some((row, _))) => (row.clone(), Vec::new()),
+        (None, None) => return Ok(()),
+    };
+    let key = events::key(&shape, &key_source);
+    let info = SourceInfo {
+        region: &emitter.ctx.region,
+        db: &emitter.db,
+        txid: Some(tx.xid),
+        commit_time_ms: tx.commit_time_ms,
+        snapshot: "false",
+    };
+    let position = Position {
+        commit_lsn: tx.commit_lsn,
+        index: tx.index,
+    };
+    tx.index += 1;
+    let value = events::envelope(
+        &shape,
+        op,
+        before.map(|b| b.0),
+        after.map(|a| a.0),
+        unavailable,
+        position,
+        &info,
+        now_ms(),
+    );
+    emitter.send(tx.id, &shape, &key, &value).await
+}

@@ -1,0 +1,191 @@
+//! The PostgreSQL source against the real PostgreSQL and broker: snapshot rows as
+//! `op=r`, then inserts, updates and deletes in commit order with their positions, and
+//! the slot's confirmed position moving once Kafka has the events.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message};
+use sqlx::Executor;
+use strata_connectors::postgres::source::{self, SourceContext};
+use strata_connectors::postgres::PostgresSourceConfig;
+use strata_pipeline::avro::Codec;
+use strata_pipeline::ops::shutdown::CancellationToken;
+use strata_pipeline::topology::{KafkaSettings, RegistrySettings};
+
+fn field<'a>(record: &'a Value, name: &str) -> &'a Value {
+    let Value::Record(fields) = record else {
+        panic!("a record: {record:?}")
+    };
+    let v = &fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("field {name}"))
+        .1;
+    match v {
+        Value::Union(_, inner) => inner,
+        other => other,
+    }
+}
+
+#[tokio::test]
+async fn snapshot_then_changes_reach_kafka_in_order() {
+    let (url, mut conn) = support::fresh_db("pgsource").await;
+    conn.execute(
+        "CREATE TABLE items (id bigint PRIMARY KEY, note text, amount numeric(12,2));
+         INSERT INTO items SELECT g, 'row ' || g, g * 1.5 FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let slot = format!("t_slot_{}", std::process::id());
+    let region = support::unique("pgsrc").replace('_', "-");
+    let config: PostgresSourceConfig = serde_yaml_ng::from_str(&format!(
+        "{{connection: {{url: '{url}', ssl_mode: disable}}, publication: t_pub, slot: {slot}, tables: [public.items], status_interval: 1s}}"
+    ))
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let registry = support::start_registry(dir.path()).await;
+    let codec = Arc::new(
+        Codec::new(&RegistrySettings {
+            url: registry.url.clone(),
+            username: None,
+            password: None,
+            ca_file: None,
+            allow_incompatible: false,
+        })
+        .unwrap(),
+    );
+    let kafka: KafkaSettings = serde_yaml_ng::from_str(&format!(
+        "{{bootstrap_servers: '{}'}}",
+        support::kafka_brokers()
+    ))
+    .unwrap();
+    let ctx = SourceContext {
+        name: "db".into(),
+        region: region.clone(),
+        kafka,
+        partitions: 2,
+        replication_factor: 1,
+        codec: codec.clone(),
+    };
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move { source::run(&config, &ctx, token).await });
+
+    // Wait for the slot (created before the snapshot is read), then change rows.
+    support::wait_for("the replication slot", Duration::from_secs(60), || {
+        let url = url.clone();
+        let slot = slot.clone();
+        async move {
+            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                .await
+                .ok()?;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            )
+            .bind(&slot)
+            .fetch_one(&mut c)
+            .await
+            .ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    conn.execute("INSERT INTO items VALUES (101, 'new', 9.99)")
+        .await
+        .unwrap();
+    conn.execute("UPDATE items SET note = 'changed' WHERE id = 5")
+        .await
+        .unwrap();
+    conn.execute("DELETE FROM items WHERE id = 7")
+        .await
+        .unwrap();
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", support::kafka_brokers())
+        .set("group.id", support::unique("pgsrc-check"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let topic = format!(
+        "{region}.cdc.{}.public.items",
+        url.rsplit('/').next().unwrap()
+    );
+    support::wait_for("the topic", Duration::from_secs(60), || {
+        let found = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(2))
+            .ok()
+            .is_some_and(|m| {
+                m.topics()
+                    .iter()
+                    .any(|t| t.name() == topic && !t.partitions().is_empty())
+            });
+        async move { found.then_some(()) }
+    })
+    .await;
+    consumer.subscribe(&[&topic]).unwrap();
+
+    let mut by_op: BTreeMap<String, usize> = BTreeMap::new();
+    let mut positions: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    tokio::time::timeout(Duration::from_secs(90), async {
+        while by_op.values().sum::<usize>() < 103 {
+            let msg = consumer.recv().await.expect("a record");
+            let decoded = codec.decode(msg.payload().unwrap()).await.expect("decodes");
+            let op = match field(&decoded.value, "op") {
+                Value::String(s) => s.clone(),
+                v => panic!("{v:?}"),
+            };
+            let source = field(&decoded.value, "source");
+            let position = match field(source, "position") {
+                Value::String(s) => s.clone(),
+                v => panic!("{v:?}"),
+            };
+            let key = codec.decode(msg.key().unwrap()).await.expect("key decodes");
+            let id = match field(&key.value, "id") {
+                Value::Long(i) => *i,
+                v => panic!("{v:?}"),
+            };
+            positions.entry(id).or_default().push(position);
+            *by_op.entry(op).or_default() += 1;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("all events within 90 s; got {by_op:?}"));
+    assert_eq!(by_op.get("r"), Some(&100), "{by_op:?}");
+    assert_eq!(
+        (by_op.get("c"), by_op.get("u"), by_op.get("d")),
+        (Some(&1), Some(&1), Some(&1)),
+        "{by_op:?}"
+    );
+    let five = &positions[&5];
+    assert!(
+        five.len() == 2 && five[0] < five[1],
+        "snapshot before update for id 5: {five:?}"
+    );
+
+    stop.cancel();
+    task.await.unwrap().expect("the source stops cleanly");
+    let confirmed: Option<String> = sqlx::query_scalar(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(&slot)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let current: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    println!("confirmed {confirmed:?}, current {current}");
+    assert!(confirmed.is_some());
+    conn.execute(format!("SELECT pg_drop_replication_slot('{slot}')").as_str())
+        .await
+        .unwrap();
+    registry.shutdown().await;
+}
