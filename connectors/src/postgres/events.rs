@@ -72,17 +72,31 @@ pub fn key(shape: &TableShape, row: &Value) -> Value {
     Value::Record(key_fields)
 }
 
+/// What changed in one row.
+pub struct RowChange {
+    /// `c`, `u`, `d` or `r`.
+    pub op: &'static str,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    /// Columns whose value the source did not send (unchanged TOAST).
+    pub unavailable: Vec<String>,
+    pub position: Position,
+}
+
 /// The change envelope.
 pub fn envelope(
     shape: &TableShape,
-    op: &str,
-    before: Option<Value>,
-    after: Option<Value>,
-    unavailable: Vec<String>,
-    position: Position,
+    change: RowChange,
     info: &SourceInfo<'_>,
     now_ms: i64,
 ) -> Value {
+    let RowChange {
+        op,
+        before,
+        after,
+        unavailable,
+        position,
+    } = change;
     let source = Value::Record(vec![
         ("connector".into(), Value::String("postgres".into())),
         ("region".into(), Value::String(info.region.into())),

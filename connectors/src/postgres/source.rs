@@ -26,7 +26,7 @@ use strata_pipeline::ops::shutdown::CancellationToken;
 use strata_pipeline::topology::KafkaSettings;
 
 use super::config::{PostgresSourceConfig, SnapshotMode};
-use super::events::{self, RowText, SourceInfo};
+use super::events::{self, RowChange, RowText, SourceInfo};
 use super::pgoutput::{self, Cell, Message};
 use super::position::{Lsn, Position};
 use super::prerequisites::{self, PrerequisiteError};
@@ -387,19 +387,17 @@ async fn snapshot_tables(
                     commit_time_ms: now_ms(),
                     snapshot: "true",
                 };
-                let value = events::envelope(
-                    &shape,
-                    "r",
-                    None,
-                    Some(after),
+                let change = RowChange {
+                    op: "r",
+                    before: None,
+                    after: Some(after),
                     unavailable,
-                    Position {
+                    position: Position {
                         commit_lsn: consistent,
                         index,
                     },
-                    &info,
-                    now_ms(),
-                );
+                };
+                let value = events::envelope(&shape, change, &info, now_ms());
                 emitter.send(tx, &shape, &key, &value).await?;
                 index = index.wrapping_add(1);
             }
@@ -544,15 +542,13 @@ async fn handle_message(
         index: tx.index,
     };
     tx.index += 1;
-    let value = events::envelope(
-        &shape,
+    let change = RowChange {
         op,
-        before.map(|b| b.0),
-        after.map(|a| a.0),
+        before: before.map(|b| b.0),
+        after: after.map(|a| a.0),
         unavailable,
         position,
-        &info,
-        now_ms(),
-    );
+    };
+    let value = events::envelope(&shape, change, &info, now_ms());
     emitter.send(tx.id, &shape, &key, &value).await
 }
