@@ -1,9 +1,15 @@
-//! The one registration point: every component kind a topology file can name.
+//! The one registration point: every component kind a topology file can name, and
+//! which of them this build can run.
 //!
-//! Adding a source, processor or sink means adding one line here.
+//! Adding a source, processor or sink means adding it here.
 
+use std::sync::Arc;
+
+use strata_pipeline::avro::Codec;
+use strata_pipeline::ops::shutdown::CancellationToken;
 use strata_pipeline::processors;
-use strata_pipeline::topology::Catalog;
+use strata_pipeline::runtime::{ComponentTask, Starter};
+use strata_pipeline::topology::{parse_settings, Catalog, Component, Topology};
 
 pub fn catalog() -> Catalog {
     Catalog::new()
@@ -15,4 +21,45 @@ pub fn catalog() -> Catalog {
         .with(strata_connectors::sinks::hot::kind())
         .with(strata_connectors::sinks::warm::kind())
         .with(strata_connectors::sinks::cold::kind())
+}
+
+/// Starts runnable components; shares one schema cache between them.
+pub struct Components {
+    pub codec: Arc<Codec>,
+}
+
+impl Starter for Components {
+    fn start(
+        &self,
+        topology: &Topology,
+        component: &Component,
+        shutdown: CancellationToken,
+    ) -> Option<ComponentTask> {
+        match component.kind.as_str() {
+            "postgres" => {
+                let config: strata_connectors::postgres::PostgresSourceConfig =
+                    match parse_settings(&component.settings) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let message = format!("{}: {}", e.path, e.message);
+                            return Some(Box::pin(async move { Err(message) }));
+                        }
+                    };
+                let ctx = strata_connectors::postgres::source::SourceContext {
+                    name: component.name.clone(),
+                    region: topology.region.clone(),
+                    kafka: topology.kafka.clone(),
+                    partitions: topology.topics.partitions,
+                    replication_factor: topology.topics.replication_factor,
+                    codec: self.codec.clone(),
+                };
+                Some(Box::pin(async move {
+                    strata_connectors::postgres::source::run(&config, &ctx, shutdown)
+                        .await
+                        .map_err(|e| e.to_string())
+                }))
+            }
+            _ => None,
+        }
+    }
 }

@@ -1,9 +1,11 @@
-//! `strata run` serves /metrics, /health and /ready, and drains and exits 0 on SIGTERM.
+//! `strata run` runs its components, serves /metrics, /health and /ready, drains and
+//! exits 0 on SIGTERM, and exits 1 with the reason when a component fails.
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -13,39 +15,66 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// tests/topologies/minimal.yaml pointed at the given services, written into `dir`.
+fn topology(dir: &Path, registry: &str, pg_url: &str, slot: &str) -> PathBuf {
+    let minimal = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/topologies/minimal.yaml");
+    let text = std::fs::read_to_string(minimal)
+        .unwrap()
+        .replace("127.0.0.1:19092", &support::kafka_brokers())
+        .replace("http://127.0.0.1:18081", registry)
+        .replace("postgres://postgres@127.0.0.1:15432/claims", pg_url)
+        .replace("slot: slot", &format!("slot: {slot}"));
+    let file = dir.join("topology.yaml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
 #[tokio::test]
 async fn serves_ops_endpoints_and_exits_zero_on_sigterm() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let topology = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/topologies/minimal.yaml");
-    let text = std::fs::read_to_string(topology)
-        .unwrap()
-        .replace("127.0.0.1:19092", &support::kafka_brokers());
+    let (db_url, mut db) = support::fresh_db("run").await;
+    sqlx::Executor::execute(
+        &mut db,
+        "CREATE TABLE claims (claim_id bigint PRIMARY KEY, status text)",
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("topology.yaml");
-    std::fs::write(&file, text).unwrap();
+    let registry = support::start_registry(&dir.path().join("registry")).await;
+    let slot = format!("run_slot_{}", std::process::id());
+    let file = topology(dir.path(), &registry.url, &db_url, &slot);
 
-    let child = Command::new(env!("CARGO_BIN_EXE_strata"))
+    let listen = format!("127.0.0.1:{}", free_port());
+    let log_path = dir.path().join("strata.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(["--log-format", "json", "run"])
         .arg(&file)
         .args(["--listen", &listen])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .expect("strata starts");
+    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
     let base = format!("http://{listen}");
-    support::wait_for("/ready to answer 200", Duration::from_secs(60), || {
-        let url = format!("{base}/ready");
-        async move {
-            reqwest::get(&url)
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(|_| ())
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("strata exited early with {status}:\n{}", logs());
         }
-    })
-    .await;
+        if reqwest::get(format!("{base}/ready"))
+            .await
+            .ok()
+            .is_some_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready within 60 s:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let health = reqwest::get(format!("{base}/health")).await.unwrap();
     assert_eq!(health.status(), 200);
     let metrics = reqwest::get(format!("{base}/metrics"))
@@ -54,28 +83,83 @@ async fn serves_ops_endpoints_and_exits_zero_on_sigterm() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("strata_component_up"), "{metrics}");
+    assert!(
+        metrics.contains("strata_component_up{component=\"db\"} 1"),
+        "{metrics}"
+    );
 
+    // The source is streaming once its slot exists; then ask it to stop.
+    support::wait_for("the replication slot", Duration::from_secs(60), || {
+        let url = db_url.clone();
+        let slot = slot.clone();
+        async move {
+            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                .await
+                .ok()?;
+            let active: Option<bool> =
+                sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
+                    .bind(&slot)
+                    .fetch_optional(&mut c)
+                    .await
+                    .ok()?;
+            active.filter(|a| *a).map(|_| ())
+        }
+    })
+    .await;
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait_with_output())
+    let exit = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
         .unwrap();
-    let logs = String::from_utf8_lossy(&exit.stderr);
-    assert!(
-        exit.status.success(),
-        "exit {:?}, logs:\n{logs}",
-        exit.status
-    );
+    let logs = logs();
+    assert!(exit.success(), "exit {exit:?}, logs:\n{logs}");
     assert!(
         logs.lines()
             .any(|l| l.starts_with('{') && l.contains("SIGTERM received")),
         "JSON logs: {logs}"
     );
+    assert!(
+        logs.contains("created replication slot"),
+        "the postgres source ran: {logs}"
+    );
+    sqlx::Executor::execute(
+        &mut db,
+        format!("SELECT pg_drop_replication_slot('{slot}')").as_str(),
+    )
+    .await
+    .unwrap();
+    registry.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_component_stops_the_run_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = support::start_registry(&dir.path().join("registry")).await;
+    let file = topology(
+        dir.path(),
+        &registry.url,
+        "postgres://postgres@127.0.0.1:9/claims",
+        "unused",
+    );
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("run")
+            .arg(&file)
+            .args(["--listen", &listen])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("component `db` failed"), "{err}");
+    registry.shutdown().await;
 }
 
 #[test]
