@@ -133,7 +133,7 @@ async fn snapshot_then_changes_reach_kafka_in_order() {
 
     let mut by_op: BTreeMap<String, usize> = BTreeMap::new();
     let mut positions: BTreeMap<i64, Vec<String>> = BTreeMap::new();
-    tokio::time::timeout(Duration::from_secs(90), async {
+    let completed = tokio::time::timeout(Duration::from_secs(90), async {
         while by_op.values().sum::<usize>() < 103 {
             let msg = consumer.recv().await.expect("a record");
             let decoded = codec.decode(msg.payload().unwrap()).await.expect("decodes");
@@ -146,21 +146,37 @@ async fn snapshot_then_changes_reach_kafka_in_order() {
                 Value::String(s) => s.clone(),
                 v => panic!("{v:?}"),
             };
-            let key = codec.decode(msg.key().unwrap()).await.expect("key decodes");
-            let id = match field(&key.value, "id") {
-                Value::Long(i) => *i,
-                v => panic!("{v:?}"),
-            };
-            positions.entry(id).or_default().push(position);
+            if let Some(key) = msg.key() {
+                let key = codec.decode(key).await.expect("key decodes");
+                let id = match field(&key.value, "id") {
+                    Value::Long(i) => *i,
+                    v => panic!("{v:?}"),
+                };
+                positions.entry(id).or_default().push(position);
+            } else {
+                assert_eq!(op, "t", "only truncates have no key");
+            }
             *by_op.entry(op).or_default() += 1;
         }
     })
-    .await
-    .unwrap_or_else(|_| panic!("all events within 90 s; got {by_op:?}"));
+    .await;
+    if completed.is_err() {
+        let source = if task.is_finished() {
+            format!("{:?}", task.await)
+        } else {
+            "still running".into()
+        };
+        panic!("all events within 90 s; got {by_op:?}; source: {source}");
+    }
     assert_eq!(by_op.get("r"), Some(&100), "{by_op:?}");
     assert_eq!(
-        (by_op.get("c"), by_op.get("u"), by_op.get("d")),
-        (Some(&1), Some(&1), Some(&1)),
+        (
+            by_op.get("c"),
+            by_op.get("u"),
+            by_op.get("d"),
+            by_op.get("t")
+        ),
+        (Some(&1), Some(&1), Some(&1), Some(&1)),
         "{by_op:?}"
     );
     let five = &positions[&5];

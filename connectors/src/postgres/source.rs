@@ -138,26 +138,28 @@ impl Emitter<'_> {
         Ok(&self.writers[&id])
     }
 
-    /// Sends one event; waits for deliveries when too many are in flight (back-pressure).
+    /// Sends one event (a truncate has no key); waits for deliveries when too many are
+    /// in flight (back-pressure).
     async fn send(
         &mut self,
         tx: TxId,
         shape: &TableShape,
-        key: &Value,
+        key: Option<&Value>,
         value: &Value,
     ) -> Result<(), SourceError> {
         while self.deliveries.len() >= self.max_in_flight {
             self.settle_one().await?;
         }
         let w = self.writers_for(shape, false).await?;
-        let (key_bytes, value_bytes, topic) =
-            (w.key.encode(key)?, w.value.encode(value)?, w.topic.clone());
+        let key_bytes = key.map(|k| w.key.encode(k)).transpose()?;
+        let (value_bytes, topic) = (w.value.encode(value)?, w.topic.clone());
         let producer = self.producer.clone();
         self.tracker.sent(tx);
         self.deliveries.push_back(Box::pin(async move {
-            let record = FutureRecord::to(&topic)
-                .key(&key_bytes)
-                .payload(&value_bytes);
+            let mut record = FutureRecord::to(&topic).payload(&value_bytes);
+            if let Some(k) = &key_bytes {
+                record = record.key(k);
+            }
             let result = producer
                 .send(record, rdkafka::util::Timeout::Never)
                 .await
@@ -398,7 +400,7 @@ async fn snapshot_tables(
                     },
                 };
                 let value = events::envelope(&shape, change, &info, now_ms());
-                emitter.send(tx, &shape, &key, &value).await?;
+                emitter.send(tx, &shape, Some(&key), &value).await?;
                 index = index.wrapping_add(1);
             }
             done += rows.len() as u64;
@@ -506,10 +508,32 @@ async fn handle_message(
         Message::Truncate {
             relations: oids, ..
         } => {
-            tracing::warn!(
-                ?oids,
-                "TRUNCATE captured; emitted as a warning only in this version"
-            );
+            // One `t` event per table, without a key: it applies to every row.
+            let Some(tx) = open else { return Ok(()) };
+            for oid in oids {
+                let shape = changed(oid, relations)?;
+                let info = SourceInfo {
+                    region: &emitter.ctx.region,
+                    db: &emitter.db,
+                    txid: Some(tx.xid),
+                    commit_time_ms: tx.commit_time_ms,
+                    snapshot: "false",
+                };
+                let position = Position {
+                    commit_lsn: tx.commit_lsn,
+                    index: tx.index,
+                };
+                tx.index += 1;
+                let change = RowChange {
+                    op: "t",
+                    before: None,
+                    after: None,
+                    unavailable: Vec::new(),
+                    position,
+                };
+                let value = events::envelope(&shape, change, &info, now_ms());
+                emitter.send(tx.id, &shape, None, &value).await?;
+            }
             return Ok(());
         }
         _ => return Ok(()),
@@ -550,5 +574,5 @@ async fn handle_message(
         position,
     };
     let value = events::envelope(&shape, change, &info, now_ms());
-    emitter.send(tx.id, &shape, &key, &value).await
+    emitter.send(tx.id, &shape, Some(&key), &value).await
 }
