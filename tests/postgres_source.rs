@@ -37,7 +37,9 @@ fn field<'a>(record: &'a Value, name: &str) -> &'a Value {
 async fn snapshot_then_changes_reach_kafka_in_order() {
     let (url, mut conn) = support::fresh_db("pgsource").await;
     conn.execute(
-        "CREATE TABLE items (id bigint PRIMARY KEY, note text, amount numeric(12,2));
+        "CREATE TABLE wide (id bigint PRIMARY KEY, a text, b text, c text, d text, e text);
+         INSERT INTO wide SELECT g, 'a', 'b', 'c', 'd', 'e' FROM generate_series(1, 3) g;
+         CREATE TABLE items (id bigint PRIMARY KEY, note text, amount numeric(12,2));
          INSERT INTO items SELECT g, 'row ' || g, g * 1.5 FROM generate_series(1, 100) g;",
     )
     .await
@@ -45,7 +47,7 @@ async fn snapshot_then_changes_reach_kafka_in_order() {
     let slot = format!("t_slot_{}", std::process::id());
     let region = support::unique("pgsrc").replace('_', "-");
     let config: PostgresSourceConfig = serde_yaml_ng::from_str(&format!(
-        "{{connection: {{url: '{url}', ssl_mode: disable}}, publication: t_pub, slot: {slot}, tables: [public.items], status_interval: 1s}}"
+        "{{connection: {{url: '{url}', ssl_mode: disable}}, publication: t_pub, slot: {slot}, tables: [public.wide, public.items], status_interval: 1s}}"
     ))
     .unwrap();
 

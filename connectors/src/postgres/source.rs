@@ -369,7 +369,9 @@ async fn snapshot_tables(
             if shutdown.is_cancelled() {
                 return Ok(());
             }
+            // Not a cached prepared statement: the cursor's columns differ per table.
             let rows = sqlx::query(&format!("FETCH {chunk_rows} FROM strata_snapshot"))
+                .persistent(false)
                 .fetch_all(&mut conn)
                 .await?;
             if rows.is_empty() {
