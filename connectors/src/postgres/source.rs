@@ -423,6 +423,28 @@ struct OpenTx {
     index: u32,
 }
 
+impl OpenTx {
+    /// The position of the transaction's next change.
+    fn next_position(&mut self) -> Position {
+        let position = Position {
+            commit_lsn: self.commit_lsn,
+            index: self.index,
+        };
+        self.index += 1;
+        position
+    }
+
+    fn info<'a>(&self, emitter: &'a Emitter<'_>) -> SourceInfo<'a> {
+        SourceInfo {
+            region: &emitter.ctx.region,
+            db: &emitter.db,
+            txid: Some(self.xid),
+            commit_time_ms: self.commit_time_ms,
+            snapshot: "false",
+        }
+    }
+}
+
 async fn stream(
     client: &mut ReplicationClient,
     emitter: &mut Emitter<'_>,
@@ -514,26 +536,14 @@ async fn handle_message(
             let Some(tx) = open else { return Ok(()) };
             for oid in oids {
                 let shape = changed(oid, relations)?;
-                let info = SourceInfo {
-                    region: &emitter.ctx.region,
-                    db: &emitter.db,
-                    txid: Some(tx.xid),
-                    commit_time_ms: tx.commit_time_ms,
-                    snapshot: "false",
-                };
-                let position = Position {
-                    commit_lsn: tx.commit_lsn,
-                    index: tx.index,
-                };
-                tx.index += 1;
                 let change = RowChange {
                     op: "t",
                     before: None,
                     after: None,
                     unavailable: Vec::new(),
-                    position,
+                    position: tx.next_position(),
                 };
-                let value = events::envelope(&shape, change, &info, now_ms());
+                let value = events::envelope(&shape, change, &tx.info(emitter), now_ms());
                 emitter.send(tx.id, &shape, None, &value).await?;
             }
             return Ok(());
@@ -556,25 +566,13 @@ async fn handle_message(
         (None, None) => return Ok(()),
     };
     let key = events::key(&shape, &key_source);
-    let info = SourceInfo {
-        region: &emitter.ctx.region,
-        db: &emitter.db,
-        txid: Some(tx.xid),
-        commit_time_ms: tx.commit_time_ms,
-        snapshot: "false",
-    };
-    let position = Position {
-        commit_lsn: tx.commit_lsn,
-        index: tx.index,
-    };
-    tx.index += 1;
     let change = RowChange {
         op,
         before: before.map(|b| b.0),
         after: after.map(|a| a.0),
         unavailable,
-        position,
+        position: tx.next_position(),
     };
-    let value = events::envelope(&shape, change, &info, now_ms());
+    let value = events::envelope(&shape, change, &tx.info(emitter), now_ms());
     emitter.send(tx.id, &shape, Some(&key), &value).await
 }

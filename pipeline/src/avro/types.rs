@@ -74,6 +74,21 @@ fn split_modifiers(type_name: &str) -> (&str, Vec<u32>) {
     }
 }
 
+/// `decimal(p)` / `decimal(p,s)` modifiers; `None` when there are none.
+fn decimal(args: &[u32]) -> Option<ColumnType> {
+    match args {
+        [p] => Some(ColumnType::Decimal {
+            precision: *p,
+            scale: 0,
+        }),
+        [p, s] => Some(ColumnType::Decimal {
+            precision: *p,
+            scale: *s,
+        }),
+        _ => None,
+    }
+}
+
 impl ColumnType {
     /// Maps a PostgreSQL type as `format_type()` prints it (`numeric(12,2)`,
     /// `timestamp with time zone`, `text[]`).
@@ -104,17 +119,7 @@ impl ColumnType {
             "bigint" | "int8" => ColumnType::Int64,
             "real" | "float4" => ColumnType::Float32,
             "double precision" | "float8" => ColumnType::Float64,
-            "numeric" | "decimal" => match args.as_slice() {
-                [p] => ColumnType::Decimal {
-                    precision: *p,
-                    scale: 0,
-                },
-                [p, s] => ColumnType::Decimal {
-                    precision: *p,
-                    scale: *s,
-                },
-                _ => ColumnType::DecimalText,
-            },
+            "numeric" | "decimal" => decimal(&args).unwrap_or(ColumnType::DecimalText),
             "money" => ColumnType::Decimal {
                 precision: 19,
                 scale: 2,
@@ -144,20 +149,11 @@ impl ColumnType {
             "bigint" => ColumnType::Int64,
             "real" => ColumnType::Float32,
             "float" => ColumnType::Float64,
-            "decimal" | "numeric" => match args.as_slice() {
-                [p] => ColumnType::Decimal {
-                    precision: *p,
-                    scale: 0,
-                },
-                [p, s] => ColumnType::Decimal {
-                    precision: *p,
-                    scale: *s,
-                },
-                _ => ColumnType::Decimal {
-                    precision: 18,
-                    scale: 0,
-                },
-            },
+            // SQL Server's default precision is 18.
+            "decimal" | "numeric" => decimal(&args).unwrap_or(ColumnType::Decimal {
+                precision: 18,
+                scale: 0,
+            }),
             "money" => ColumnType::Decimal {
                 precision: 19,
                 scale: 4,
