@@ -1,7 +1,7 @@
 //! The synthetic claims workload, as plain data: deterministic for a seed, written by
 //! [`super::writer`]. Nothing here touches a database.
 
-use chrono::{Datelike, Duration, NaiveDate};
+use chrono::{Duration, NaiveDate};
 use rand::distr::weighted::WeightedIndex;
 use rand::distr::Distribution;
 use rand::{Rng, SeedableRng};
@@ -733,9 +733,4 @@ impl ClaimFactory {
     pub fn today(&self) -> NaiveDate {
         self.today
     }
-}
-
-/// Months between two dates, for tests and summaries.
-pub fn month_index(date: NaiveDate) -> i32 {
-    date.year() * 12 + date.month0() as i32
 }
