@@ -202,3 +202,165 @@ async fn snapshot_then_changes_reach_kafka_in_order() {
         .unwrap();
     registry.shutdown().await;
 }
+
+/// Stops the source, changes rows while it is down, starts it again: every change made
+/// while it was down arrives, and nothing already acknowledged is sent again except
+/// with the position it had.
+#[tokio::test]
+async fn resumes_from_the_confirmed_position_after_a_restart() {
+    let (url, mut conn) = support::fresh_db("pgresume").await;
+    conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    let slot = format!("t_resume_{}", std::process::id());
+    let region = support::unique("pgres").replace('_', "-");
+    let config: PostgresSourceConfig = serde_yaml_ng::from_str(&format!(
+        "{{connection: {{url: '{url}', ssl_mode: disable}}, publication: t_pub, slot: {slot}, tables: [public.items], status_interval: 1s}}"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = support::start_registry(dir.path()).await;
+    let codec = Arc::new(
+        Codec::new(&RegistrySettings {
+            url: registry.url.clone(),
+            username: None,
+            password: None,
+            ca_file: None,
+            allow_incompatible: false,
+        })
+        .unwrap(),
+    );
+    let kafka: KafkaSettings = serde_yaml_ng::from_str(&format!(
+        "{{bootstrap_servers: '{}'}}",
+        support::kafka_brokers()
+    ))
+    .unwrap();
+    let ctx = Arc::new(SourceContext {
+        name: "db".into(),
+        region: region.clone(),
+        kafka,
+        partitions: 1,
+        replication_factor: 1,
+        codec: codec.clone(),
+    });
+    let config = Arc::new(config);
+    let start = |stop: CancellationToken| {
+        let (config, ctx) = (config.clone(), ctx.clone());
+        tokio::spawn(async move { source::run(&config, &ctx, stop).await })
+    };
+    let slot_active = |want: bool| {
+        let (url, slot) = (url.clone(), slot.clone());
+        move || {
+            let (url, slot) = (url.clone(), slot.clone());
+            async move {
+                let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                    .await
+                    .ok()?;
+                let active: Option<bool> = sqlx::query_scalar(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                )
+                .bind(&slot)
+                .fetch_optional(&mut c)
+                .await
+                .ok()?;
+                (active == Some(want)).then_some(())
+            }
+        }
+    };
+
+    let first = CancellationToken::new();
+    let task = start(first.clone());
+    support::wait_for(
+        "the slot in use",
+        Duration::from_secs(60),
+        slot_active(true),
+    )
+    .await;
+    conn.execute("INSERT INTO items SELECT g, 'first' FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    let topic = format!(
+        "{region}.cdc.{}.public.items",
+        url.rsplit('/').next().unwrap()
+    );
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", support::kafka_brokers())
+        .set("group.id", support::unique("pgres-check"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    support::wait_for("the topic", Duration::from_secs(60), || {
+        let found = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(2))
+            .ok()
+            .is_some_and(|m| {
+                m.topics()
+                    .iter()
+                    .any(|t| t.name() == topic && !t.partitions().is_empty())
+            });
+        async move { found.then_some(()) }
+    })
+    .await;
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut seen: BTreeMap<(i64, String), usize> = BTreeMap::new();
+    let mut read_until = async |seen: &mut BTreeMap<(i64, String), usize>, ids: usize| {
+        tokio::time::timeout(Duration::from_secs(90), async {
+            while seen
+                .keys()
+                .map(|(id, _)| *id)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                < ids
+            {
+                let msg = consumer.recv().await.expect("a record");
+                let decoded = codec.decode(msg.payload().unwrap()).await.expect("decodes");
+                let position = match field(field(&decoded.value, "source"), "position") {
+                    Value::String(s) => s.clone(),
+                    v => panic!("{v:?}"),
+                };
+                let key = codec.decode(msg.key().unwrap()).await.expect("key");
+                let id = match field(&key.value, "id") {
+                    Value::Long(i) => *i,
+                    v => panic!("{v:?}"),
+                };
+                *seen.entry((id, position)).or_default() += 1;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{ids} ids within 90 s, saw {}", seen.len()));
+    };
+    read_until(&mut seen, 50).await;
+
+    first.cancel();
+    task.await.unwrap().expect("stops cleanly");
+    support::wait_for(
+        "the slot released",
+        Duration::from_secs(30),
+        slot_active(false),
+    )
+    .await;
+    conn.execute("INSERT INTO items SELECT g, 'while down' FROM generate_series(51, 80) g")
+        .await
+        .unwrap();
+
+    let second = CancellationToken::new();
+    let task = start(second.clone());
+    read_until(&mut seen, 80).await;
+    second.cancel();
+    task.await.unwrap().expect("stops cleanly");
+
+    let ids: std::collections::BTreeSet<i64> = seen.keys().map(|(id, _)| *id).collect();
+    assert_eq!(ids, (1..=80).collect(), "every change arrived");
+    let per_id: BTreeMap<i64, usize> = seen.keys().fold(BTreeMap::new(), |mut m, (id, _)| {
+        *m.entry(*id).or_default() += 1;
+        m
+    });
+    assert!(
+        per_id.values().all(|n| *n == 1),
+        "a re-sent change carries its original position: {per_id:?}"
+    );
+    conn.execute(format!("SELECT pg_drop_replication_slot('{slot}')").as_str())
+        .await
+        .unwrap();
+    registry.shutdown().await;
+}
