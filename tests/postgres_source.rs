@@ -303,7 +303,7 @@ async fn resumes_from_the_confirmed_position_after_a_restart() {
     .await;
     consumer.subscribe(&[&topic]).unwrap();
     let mut seen: BTreeMap<(i64, String), usize> = BTreeMap::new();
-    let mut read_until = async |seen: &mut BTreeMap<(i64, String), usize>, ids: usize| {
+    let read_until = async |seen: &mut BTreeMap<(i64, String), usize>, ids: usize| {
         tokio::time::timeout(Duration::from_secs(90), async {
             while seen
                 .keys()
