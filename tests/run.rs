@@ -90,20 +90,7 @@ async fn serves_ops_endpoints_and_exits_zero_on_sigterm() {
 
     // The source is streaming once its slot exists; then ask it to stop.
     support::wait_for("the replication slot", Duration::from_secs(60), || {
-        let url = db_url.clone();
-        let slot = slot.clone();
-        async move {
-            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-                .await
-                .ok()?;
-            let active: Option<bool> =
-                sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
-                    .bind(&slot)
-                    .fetch_optional(&mut c)
-                    .await
-                    .ok()?;
-            active.filter(|a| *a).map(|_| ())
-        }
+        support::slot_active(db_url.clone(), slot.clone(), true)
     })
     .await;
     let status = Command::new("kill")

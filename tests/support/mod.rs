@@ -107,3 +107,16 @@ pub async fn fresh_db(name: &str) -> (String, sqlx::PgConnection) {
         .expect("connect to the fresh database");
     (url, conn)
 }
+
+/// `Some` when replication slot `slot` exists and its `active` flag is `want`.
+pub async fn slot_active(url: String, slot: String, want: bool) -> Option<()> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(&url).await.ok()?;
+    let active: Option<bool> =
+        sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(&slot)
+            .fetch_optional(&mut c)
+            .await
+            .ok()?;
+    (active == Some(want)).then_some(())
+}
