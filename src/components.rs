@@ -46,7 +46,6 @@ impl Starter for Components {
                         }
                     };
                 let ctx = strata_connectors::postgres::source::SourceContext {
-                    name: component.name.clone(),
                     region: topology.region.clone(),
                     kafka: topology.kafka.clone(),
                     partitions: topology.topics.partitions,

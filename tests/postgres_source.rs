@@ -55,7 +55,6 @@ async fn fixture(name: &str, setup_sql: &str, tables: &str) -> Fixture {
     ))
     .unwrap();
     let ctx = SourceContext {
-        name: "db".into(),
         region: support::unique(name).replace('_', "-"),
         kafka,
         partitions: 2,

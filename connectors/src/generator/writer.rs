@@ -257,19 +257,10 @@ fn label_row(out: &mut String, l: &Label) {
     );
 }
 
-async fn copy(
-    conn: &mut PgConnection,
-    statement: &str,
-    data: String,
-) -> Result<u64, GenerateError> {
-    let mut copy = conn
-        .copy_in_raw(statement)
-        .await
-        .map_err(GenerateError::Write)?;
-    copy.send(data.into_bytes())
-        .await
-        .map_err(GenerateError::Write)?;
-    copy.finish().await.map_err(GenerateError::Write)
+async fn copy(conn: &mut PgConnection, statement: &str, data: String) -> Result<u64, sqlx::Error> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    copy.send(data.into_bytes()).await?;
+    copy.finish().await
 }
 
 const COPY_CLAIMS: &str = "COPY public.claims (claim_id, member_id, provider_id, policy_id, claim_type, form_type, status, service_date_from, service_date_to, submitted_date, billed_amount, allowed_amount, paid_amount, diagnosis_codes, place_of_service, frequency_code, original_claim_id) FROM STDIN";
@@ -326,10 +317,16 @@ pub async fn generate(
                 batch += 1;
             }
         }
-        copy(conn, COPY_CLAIMS, claims).await?;
-        copy(conn, COPY_LINES, lines).await?;
+        copy(conn, COPY_CLAIMS, claims)
+            .await
+            .map_err(GenerateError::Write)?;
+        copy(conn, COPY_LINES, lines)
+            .await
+            .map_err(GenerateError::Write)?;
         if !labels.is_empty() {
-            copy(conn, COPY_LABELS, labels).await?;
+            copy(conn, COPY_LABELS, labels)
+                .await
+                .map_err(GenerateError::Write)?;
         }
     }
     report.claims = written;
@@ -370,7 +367,7 @@ async fn write_reference(
             m.postal_code
         );
     }
-    report.members = copy(conn, "COPY public.members (member_id, first_name, last_name, date_of_birth, ssn, gender, address_line, city, state, postal_code) FROM STDIN", out).await?;
+    report.members = copy(conn, "COPY public.members (member_id, first_name, last_name, date_of_birth, ssn, gender, address_line, city, state, postal_code) FROM STDIN", out).await.map_err(GenerateError::Write)?;
     let mut out = String::new();
     for p in &r.providers {
         let _ = writeln!(
@@ -379,7 +376,7 @@ async fn write_reference(
             p.id, p.npi, p.name, p.provider_type, p.specialty, p.state
         );
     }
-    report.providers = copy(conn, "COPY public.providers (provider_id, npi, name, provider_type, specialty, state) FROM STDIN", out).await?;
+    report.providers = copy(conn, "COPY public.providers (provider_id, npi, name, provider_type, specialty, state) FROM STDIN", out).await.map_err(GenerateError::Write)?;
     let mut out = String::new();
     for p in &r.policies {
         let end = p.coverage_end.map(date).unwrap_or_else(|| "\\N".into());
@@ -393,7 +390,7 @@ async fn write_reference(
             p.status()
         );
     }
-    report.policies = copy(conn, "COPY public.policies (policy_id, member_id, plan_code, coverage_start, coverage_end, status) FROM STDIN", out).await?;
+    report.policies = copy(conn, "COPY public.policies (policy_id, member_id, plan_code, coverage_start, coverage_end, status) FROM STDIN", out).await.map_err(GenerateError::Write)?;
     Ok(())
 }
 
@@ -414,17 +411,12 @@ async fn insert_claim(
     let (mut c, mut l) = (String::new(), String::new());
     claim_row(&mut c, claim);
     line_rows(&mut l, claim);
-    for (statement, data) in [(COPY_CLAIMS, c), (COPY_LINES, l)] {
-        let mut copy = tx.copy_in_raw(statement).await?;
-        copy.send(data.into_bytes()).await?;
-        copy.finish().await?;
-    }
+    copy(&mut tx, COPY_CLAIMS, c).await?;
+    copy(&mut tx, COPY_LINES, l).await?;
     if let Some(label) = label {
         let mut out = String::new();
         label_row(&mut out, label);
-        let mut copy = tx.copy_in_raw(COPY_LABELS).await?;
-        copy.send(out.into_bytes()).await?;
-        copy.finish().await?;
+        copy(&mut tx, COPY_LABELS, out).await?;
     }
     tx.commit().await
 }

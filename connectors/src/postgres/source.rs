@@ -62,7 +62,6 @@ pub enum SourceError {
 
 /// Everything the source needs from the deployment around it.
 pub struct SourceContext {
-    pub name: String,
     pub region: String,
     pub kafka: KafkaSettings,
     pub partitions: i32,

@@ -247,23 +247,26 @@ impl Codec {
 
     /// Decodes a framed record; fetches its schema only the first time its id is seen.
     pub async fn decode(&self, bytes: &[u8]) -> Result<Decoded, CodecError> {
-        let (id, _) = wire::split(bytes)?;
+        let (id, payload) = wire::split(bytes)?;
         let reader = self.reader(id).await?;
-        Self::decode_with(&reader, bytes)
+        Self::decode_with(&reader, id, payload)
     }
 
     /// Decodes without any registry call; `None` when the schema id has not been seen yet.
     pub fn decode_cached(&self, bytes: &[u8]) -> Option<Result<Decoded, CodecError>> {
-        let (id, _) = match wire::split(bytes) {
+        let (id, payload) = match wire::split(bytes) {
             Ok(v) => v,
             Err(e) => return Some(Err(e.into())),
         };
         let reader = self.cached_reader(id)?;
-        Some(Self::decode_with(&reader, bytes))
+        Some(Self::decode_with(&reader, id, payload))
     }
 
-    fn decode_with(entry: &ReaderEntry, bytes: &[u8]) -> Result<Decoded, CodecError> {
-        let (id, mut payload) = wire::split(bytes)?;
+    fn decode_with(
+        entry: &ReaderEntry,
+        id: u32,
+        mut payload: &[u8],
+    ) -> Result<Decoded, CodecError> {
         let value = entry
             .reader
             .read_value(&mut payload)
