@@ -259,6 +259,7 @@ pub async fn run(
         writers: HashMap::new(),
         tracker: AckTracker::new(start),
         deliveries: FuturesOrdered::new(),
+        // Bounded in events, not bytes yet: the byte budget is read as ~1 KiB per event.
         max_in_flight: (config.max_in_flight_bytes.0 / 1024).clamp(64, 100_000) as usize,
     };
 
