@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use strata_pipeline::avro::Codec;
+use strata_pipeline::ops::metrics::Metrics;
 use strata_pipeline::ops::shutdown::CancellationToken;
 use strata_pipeline::processors;
 use strata_pipeline::runtime::{ComponentTask, Starter};
@@ -33,6 +34,7 @@ impl Starter for Components {
         &self,
         topology: &Topology,
         component: &Component,
+        _metrics: &Metrics,
         shutdown: CancellationToken,
     ) -> Option<ComponentTask> {
         match component.kind.as_str() {
@@ -59,6 +61,15 @@ impl Starter for Components {
                 }))
             }
             _ => None,
+        }
+    }
+
+    fn source_topics(&self, topology: &Topology, component: &Component) -> Vec<String> {
+        match component.kind.as_str() {
+            "postgres" => parse_settings(&component.settings)
+                .map(|c| strata_connectors::postgres::source::topics(&c, &topology.region))
+                .unwrap_or_default(),
+            _ => Vec::new(),
         }
     }
 }

@@ -101,10 +101,7 @@ impl Emitter<'_> {
     ) -> Result<&TableWriters, SourceError> {
         let id = (shape.schema.clone(), shape.table.clone());
         if refresh || !self.writers.contains_key(&id) {
-            let topic = format!(
-                "{}.cdc.{}.{}.{}",
-                self.ctx.region, self.db, shape.schema, shape.table
-            );
+            let topic = topic_name(&self.ctx.region, &self.db, &shape.schema, &shape.table);
             ensure_topics(
                 &strata_pipeline::kafka::client_config(&self.ctx.kafka),
                 &[TopicSpec {
@@ -199,6 +196,28 @@ fn cells_text(cells: &[Cell]) -> RowText<'_> {
 /// The database name from connection options, for topic names.
 fn database_name(options: &PgConnectOptions) -> String {
     options.get_database().unwrap_or("postgres").to_string()
+}
+
+/// The topic of one captured table: `<region>.cdc.<db>.<schema>.<table>`.
+pub fn topic_name(region: &str, db: &str, schema: &str, table: &str) -> String {
+    format!("{region}.cdc.{db}.{schema}.{table}")
+}
+
+/// The topics the source writes, one per captured table.
+pub fn topics(config: &PostgresSourceConfig, region: &str) -> Vec<String> {
+    let db = config
+        .connection
+        .options()
+        .map(|o| database_name(&o))
+        .unwrap_or_else(|_| "postgres".into());
+    config
+        .tables
+        .iter()
+        .map(|t| {
+            let (schema, table) = t.split_once('.').unwrap_or(("public", t));
+            topic_name(region, &db, schema, table)
+        })
+        .collect()
 }
 
 pub async fn run(

@@ -1,15 +1,28 @@
 //! Runs a checked topology: the ops endpoints, the topics it needs and its components,
 //! until shutdown is requested; then drains and returns.
+//!
+//! Processors run on [`stream::run_processor`]; their contract is in [`processor`].
+
+mod changelog;
+pub mod processor;
+pub mod stream;
+
+pub use processor::{
+    Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection, Timer,
+};
+pub use stream::{run_processor, ProcessorEnv, ProcessorSpec};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::avro::CodecError;
 use crate::kafka::{self, KafkaError, TopicSpec};
 use crate::ops::http::{self, HttpError, OpsState};
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::CancellationToken;
-use crate::topology::{Role, Topology};
+use crate::state::StateError;
+use crate::topology::{Component, Input, Role, Topology};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -19,7 +32,37 @@ pub enum RunError {
     Kafka(#[from] KafkaError),
     #[error("component `{component}` failed: {message}")]
     Component { component: String, message: String },
+    #[error("Kafka failed while {what}: {source}")]
+    KafkaIo {
+        what: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("a blocking task failed: {0}")]
+    Join(String),
+    #[error("restoring {topic} partition {partition} stalled at offset {at} of {end}; is the broker up?")]
+    RestoreStalled {
+        topic: String,
+        partition: i32,
+        at: i64,
+        end: i64,
+    },
+    #[error("processor `{component}` wrote to port `{port}`, which it does not declare")]
+    UnknownPort { component: String, port: String },
 }
+
+impl RunError {
+    pub(crate) fn join(e: tokio::task::JoinError) -> Self {
+        RunError::Join(e.to_string())
+    }
+}
+
+/// Errors of the processor runtime are run errors: the component stops with them.
+pub type RuntimeError = RunError;
 
 /// A running component: finishes when `shutdown` is cancelled (after draining) or fails.
 pub type ComponentTask =
@@ -31,9 +74,59 @@ pub trait Starter {
     fn start(
         &self,
         topology: &Topology,
-        component: &crate::topology::Component,
+        component: &Component,
+        metrics: &Metrics,
         shutdown: CancellationToken,
     ) -> Option<ComponentTask>;
+
+    /// The topics source `component` writes, for the processors that read it.
+    fn source_topics(&self, topology: &Topology, component: &Component) -> Vec<String>;
+}
+
+/// Where processor `component` reads, writes and keeps its state, by the naming rules
+/// of the topology: group `strata.<region>.<name>`, changelog `<region>.<name>.changelog`,
+/// state under `<state.dir>/<name>`.
+pub fn processor_spec(
+    topology: &Topology,
+    component: &Component,
+    starter: &dyn Starter,
+) -> ProcessorSpec {
+    let mut inputs = Vec::new();
+    for input in &component.inputs {
+        match input {
+            Input::Topic(t) => inputs.push(t.clone()),
+            Input::Component { name, port } => match topology.component(name) {
+                Some(c) if c.role == Role::Source => {
+                    inputs.extend(starter.source_topics(topology, c))
+                }
+                _ => inputs.push(topology.output_topic(name, port.as_deref())),
+            },
+        }
+    }
+    inputs.sort();
+    inputs.dedup();
+    let mut outputs = std::collections::HashMap::new();
+    outputs.insert(None, topology.output_topic(&component.name, None));
+    for port in &component.ports {
+        outputs.insert(
+            Some(port.clone()),
+            topology.output_topic(&component.name, Some(port)),
+        );
+    }
+    ProcessorSpec {
+        component: component.name.clone(),
+        group_id: format!("strata.{}.{}", topology.region, component.name),
+        inputs,
+        outputs,
+        changelog: format!("{}.{}.changelog", topology.region, component.name),
+        dead_letter: topology.dead_letter_topic(),
+        state_dir: topology.state.dir.join(&component.name),
+        state_cache_bytes: topology.state.cache_size.0 as usize,
+        partitions: topology.topics.partitions,
+        changelog_replication_factor: topology.state.changelog_replication_factor,
+        max_batch: 1000,
+        max_batch_wait: std::time::Duration::from_millis(20),
+    }
 }
 
 /// The topics a topology writes besides its sources' own: processor outputs and dead letters.
@@ -74,14 +167,31 @@ pub async fn run(
     tracing::info!(region = %topology.region, %bound, "serving /metrics, /health and /ready");
 
     let kafka_config = kafka::client_config(&topology.kafka);
-    let topics = output_topics(&topology);
+    let mut topics = output_topics(&topology);
+    for c in topology
+        .components
+        .iter()
+        .filter(|c| c.role == Role::Source)
+    {
+        topics.extend(
+            starter
+                .source_topics(&topology, c)
+                .into_iter()
+                .map(|name| TopicSpec {
+                    name,
+                    partitions: topology.topics.partitions,
+                    replication_factor: topology.topics.replication_factor,
+                    compacted: false,
+                }),
+        );
+    }
     tokio::select! {
         result = kafka::ensure_topics(&kafka_config, &topics) => result?,
         _ = shutdown.cancelled() => {}
     }
     let mut tasks = tokio::task::JoinSet::new();
     for c in &topology.components {
-        match starter.start(&topology, c, shutdown.clone()) {
+        match starter.start(&topology, c, &metrics, shutdown.clone()) {
             Some(task) => {
                 metrics.up.with_label_values(&[c.name.as_str()]).set(1);
                 let name = c.name.clone();

@@ -61,4 +61,22 @@ impl StateStore for MemoryStore {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
+
+    fn scan_range(
+        &self,
+        store: &str,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, StateError> {
+        let stores = self.stores.read().unwrap_or_else(|p| p.into_inner());
+        let space = stores
+            .get(store)
+            .ok_or_else(|| StateError::UnknownStore(store.into()))?;
+        Ok(space
+            .range(start.to_vec()..end.to_vec())
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
 }

@@ -60,6 +60,14 @@ pub trait StateStore: Send + Sync {
     fn write(&self, batch: Batch) -> Result<(), StateError>;
     /// Every (key, value) of `store` whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, store: &str, prefix: &[u8]) -> Result<Vec<Entry>, StateError>;
+    /// At most `limit` (key, value) of `store` with `start <= key < end`, in key order.
+    fn scan_range(
+        &self,
+        store: &str,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, StateError>;
 }
 
 #[cfg(test)]
@@ -87,6 +95,14 @@ mod contract_tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(a, vec![b"a:1".to_vec(), b"a:2".to_vec()]);
+        let range: Vec<_> = store
+            .scan_range("counts", b"a:2", b"b:1", 10)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(range, vec![b"a:2".to_vec()], "end is exclusive");
+        assert_eq!(store.scan_range("counts", b"a", b"z", 2).unwrap().len(), 2);
         let mut d = Batch::default();
         d.delete("counts", b"a:1".to_vec());
         store.write(d).unwrap();

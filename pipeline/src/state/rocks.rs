@@ -81,4 +81,29 @@ impl StateStore for RocksStore {
         }
         Ok(out)
     }
+
+    fn scan_range(
+        &self,
+        store: &str,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, StateError> {
+        let cf = self
+            .db
+            .cf_handle(store)
+            .ok_or_else(|| StateError::UnknownStore(store.into()))?;
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(&cf, IteratorMode::From(start, Direction::Forward))
+        {
+            let (k, v) = item.map_err(StateError::Io)?;
+            if out.len() >= limit || &*k >= end {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
 }

@@ -1,0 +1,699 @@
+//! The loop that runs one processor: a Kafka consumer group over its inputs, state in
+//! RocksDB with a changelog, outputs and dead letters through an idempotent producer.
+//!
+//! Commit order of each batch (a crash between any two steps re-runs the batch from the
+//! committed state and converges on the same result):
+//! 1. outputs and dead letters produced and acknowledged;
+//! 2. state changes appended to the changelog and acknowledged;
+//! 3. state changes, input offsets and the changelog checkpoint written locally in one
+//!    RocksDB `WriteBatch`;
+//! 4. consumer offsets committed.
+//!
+//! The brief puts the local write before the changelog. Here it comes after, because the
+//! local store also records which inputs were applied: written first, a crash before the
+//! changelog append would leave changes that no other instance could ever restore while
+//! this one skipped the inputs that made them. Written after, local state never runs
+//! ahead of the changelog, and the checkpoint is exact.
+//!
+//! Ownership: tasks are input partitions. Before the first event of a newly assigned
+//! partition, its state is caught up from the changelog and input offsets already
+//! applied are skipped. Inputs must be co-partitioned (same partition count, same key →
+//! same partition); outputs go to the input's partition number, so the next stage sees
+//! each key in order. Kafka transactions are not used (the test broker has none): after
+//! a rebalance, an instance that lost a partition may finish its last batch while the new
+//! owner starts; both compute the same records from the same inputs.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use futures::future::try_join_all;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+use super::changelog::{self, checkpoint_key, record_key};
+use super::processor::{
+    parse_timer_key, partition_key, timer_key, Context, Event, Output, OutputSchema, Overlay,
+    ProcessError, Processor, LOCAL, POSITIONS, PROGRESS, TIMERS,
+};
+use super::RuntimeError;
+use crate::avro::{Codec, CodecError, Writer};
+use crate::kafka::{self, TopicSpec};
+use crate::ops::metrics::Metrics;
+use crate::ops::shutdown::CancellationToken;
+use crate::state::{Batch, RocksStore, StateStore};
+use crate::topology::KafkaSettings;
+
+/// Where one processor reads, writes and keeps its state.
+#[derive(Debug, Clone)]
+pub struct ProcessorSpec {
+    pub component: String,
+    pub group_id: String,
+    pub inputs: Vec<String>,
+    /// Output topic of each port (`None` = default output).
+    pub outputs: HashMap<Option<String>, String>,
+    pub changelog: String,
+    pub dead_letter: String,
+    pub state_dir: PathBuf,
+    pub state_cache_bytes: usize,
+    pub partitions: i32,
+    pub changelog_replication_factor: i16,
+    /// Most records handled in one commit cycle.
+    pub max_batch: usize,
+    /// Longest wait for a batch to fill once its first record is there.
+    pub max_batch_wait: Duration,
+}
+
+/// Shared services of the deployment.
+#[derive(Clone)]
+pub struct ProcessorEnv {
+    pub kafka: KafkaSettings,
+    pub codec: Arc<Codec>,
+    pub metrics: Metrics,
+}
+
+/// Partitions revoked since the loop last looked; their state must be caught up again
+/// before they are processed (another instance may have advanced it meanwhile).
+#[derive(Default)]
+struct RebalanceTracker {
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl ClientContext for RebalanceTracker {}
+
+impl ConsumerContext for RebalanceTracker {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            revoked.extend(list.elements().iter().map(|e| e.partition()));
+            tracing::info!(partitions = ?*revoked, "partitions revoked");
+        }
+    }
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let parts: Vec<_> = list
+                .elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect();
+            tracing::info!(assigned = ?parts, "partitions assigned");
+        }
+    }
+}
+
+/// What the loop knows about a partition it owns.
+struct Task {
+    watermark_ms: i64,
+    /// Next offset to apply, per input topic.
+    next_offsets: HashMap<String, i64>,
+}
+
+fn offset_key(topic: &str) -> Vec<u8> {
+    let mut k = b"offset/".to_vec();
+    k.extend_from_slice(topic.as_bytes());
+    k
+}
+
+const WATERMARK_KEY: &[u8] = b"watermark";
+
+struct Loop {
+    spec: ProcessorSpec,
+    env: ProcessorEnv,
+    processor: Box<dyn Processor>,
+    store: Arc<RocksStore>,
+    consumer: StreamConsumer<RebalanceTracker>,
+    producer: FutureProducer,
+    restore_config: rdkafka::ClientConfig,
+    tasks: HashMap<i32, Task>,
+    writers: HashMap<(String, OutputSchema), Writer>,
+    user_stores: HashSet<&'static str>,
+}
+
+/// A batch on its way through the commit steps.
+#[derive(Default)]
+struct Pending {
+    overlay: Overlay,
+    outputs: Vec<(i32, Output)>,
+    dead_letters: Vec<DeadLetter>,
+    /// (topic, partition) → next offset, for the consumer commit.
+    consumed: HashMap<(String, i32), i64>,
+    events: u64,
+}
+
+struct DeadLetter {
+    message: OwnedMessage,
+    code: String,
+    error: String,
+}
+
+pub async fn run_processor(
+    spec: ProcessorSpec,
+    env: ProcessorEnv,
+    processor: Box<dyn Processor>,
+    shutdown: CancellationToken,
+) -> Result<(), RuntimeError> {
+    let kafka_config = kafka::client_config(&env.kafka);
+    kafka::ensure_topics(
+        &kafka_config,
+        &[TopicSpec {
+            name: spec.changelog.clone(),
+            partitions: spec.partitions,
+            replication_factor: spec.changelog_replication_factor,
+            compacted: true,
+        }],
+    )
+    .await?;
+    let user_stores: HashSet<&'static str> = processor.stores().into_iter().collect();
+    let mut stores: Vec<&str> = user_stores.iter().copied().collect();
+    stores.extend([POSITIONS, TIMERS, PROGRESS, LOCAL]);
+    let (dir, cache) = (spec.state_dir.clone(), spec.state_cache_bytes);
+    let store = tokio::task::spawn_blocking(move || RocksStore::open(&dir, &stores, cache))
+        .await
+        .map_err(RuntimeError::join)??;
+
+    let mut consumer_config = kafka_config.clone();
+    consumer_config
+        .set("group.id", &spec.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "range")
+        .set("topic.metadata.refresh.interval.ms", "5000");
+    let consumer: StreamConsumer<RebalanceTracker> = consumer_config
+        .create_with_context(RebalanceTracker::default())
+        .map_err(|source| RuntimeError::KafkaIo {
+            what: "creating the consumer".into(),
+            source,
+        })?;
+    let inputs: Vec<&str> = spec.inputs.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&inputs)
+        .map_err(|source| RuntimeError::KafkaIo {
+            what: format!("subscribing to {inputs:?}"),
+            source,
+        })?;
+    let mut restore_config = kafka_config.clone();
+    restore_config
+        .set("group.id", format!("{}.restore", spec.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    tracing::info!(component = %spec.component, inputs = ?spec.inputs, group = %spec.group_id, "processor started");
+    let mut this = Loop {
+        producer: kafka::producer(&env.kafka)?,
+        spec,
+        env,
+        processor,
+        store: Arc::new(store),
+        consumer,
+        restore_config,
+        tasks: HashMap::new(),
+        writers: HashMap::new(),
+        user_stores,
+    };
+    this.run(shutdown).await
+}
+
+impl Loop {
+    async fn run(&mut self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
+        loop {
+            let first = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = shutdown.cancelled() => break,
+            };
+            let Some(first) = self.detach(first) else {
+                continue;
+            };
+            let mut messages = vec![first];
+            let deadline = tokio::time::Instant::now() + self.spec.max_batch_wait;
+            while messages.len() < self.spec.max_batch {
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                    Ok(m) => messages.extend(self.detach(m)),
+                    Err(_) => break,
+                }
+            }
+            let started = Instant::now();
+            self.forget_revoked();
+            let pending = self.process(messages).await?;
+            self.commit(pending).await?;
+            self.env
+                .metrics
+                .processing_seconds
+                .with_label_values(&[&self.spec.component])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        tracing::info!(component = %self.spec.component, "processor drained");
+        Ok(())
+    }
+
+    /// The message, or `None` after logging a consumer error: those are reported by
+    /// librdkafka while it retries on its own (broker down, topic not created yet).
+    fn detach(
+        &self,
+        received: Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
+    ) -> Option<OwnedMessage> {
+        match received {
+            Ok(m) => Some(m.detach()),
+            Err(e) => {
+                tracing::warn!(component = %self.spec.component, error = %e, "consumer error; librdkafka retries");
+                None
+            }
+        }
+    }
+
+    fn forget_revoked(&mut self) {
+        let revoked = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for p in revoked {
+            self.tasks.remove(&p);
+        }
+    }
+
+    /// Catches partition `p` up from its changelog (once per assignment) and loads its progress.
+    async fn ensure_task(&mut self, p: i32) -> Result<(), RuntimeError> {
+        if self.tasks.contains_key(&p) {
+            return Ok(());
+        }
+        let (store, config, topic) = (
+            self.store.clone(),
+            self.restore_config.clone(),
+            self.spec.changelog.clone(),
+        );
+        let gauge = self
+            .env
+            .metrics
+            .restore_progress
+            .with_label_values(&[&self.spec.component, &format!("partition-{p}")]);
+        let started = Instant::now();
+        let restored = tokio::task::spawn_blocking(move || {
+            changelog::restore(&config, &topic, p, store.as_ref(), &|n| gauge.set(n as i64))
+        })
+        .await
+        .map_err(RuntimeError::join)??;
+        if restored > 0 {
+            tracing::info!(component = %self.spec.component, partition = p, records = restored, seconds = started.elapsed().as_secs_f64(), "state restored from the changelog");
+        }
+        let store = self.store.clone();
+        let (watermark, offsets) = tokio::task::spawn_blocking(move || {
+            let wm = store
+                .get(PROGRESS, &partition_key(p, WATERMARK_KEY))?
+                .and_then(|v| v.try_into().ok().map(i64::from_be_bytes))
+                .unwrap_or(i64::MIN);
+            let offsets = store.scan_prefix(PROGRESS, &partition_key(p, b"offset/"))?;
+            Ok::<_, crate::state::StateError>((wm, offsets))
+        })
+        .await
+        .map_err(RuntimeError::join)??;
+        let next_offsets = offsets
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let topic = String::from_utf8(k.get(4 + 7..)?.to_vec()).ok()?;
+                Some((topic, i64::from_be_bytes(v.try_into().ok()?)))
+            })
+            .collect();
+        self.tasks.insert(
+            p,
+            Task {
+                watermark_ms: watermark,
+                next_offsets,
+            },
+        );
+        Ok(())
+    }
+
+    async fn decode(&self, bytes: Option<&[u8]>) -> Result<Option<(u32, Value)>, CodecError> {
+        let Some(bytes) = bytes else { return Ok(None) };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.env.codec.decode(bytes).await {
+                Ok(d) => return Ok(Some((d.id, d.value))),
+                Err(e) if e.is_transient() && backoff < Duration::from_secs(30) => {
+                    tracing::warn!(error = %e, "schema registry unavailable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn process(&mut self, messages: Vec<OwnedMessage>) -> Result<Pending, RuntimeError> {
+        let mut pending = Pending::default();
+        let in_counter = self
+            .env
+            .metrics
+            .events_in
+            .with_label_values(&[&self.spec.component]);
+        for message in messages {
+            let (topic, p, offset) = (
+                message.topic().to_string(),
+                message.partition(),
+                message.offset(),
+            );
+            self.ensure_task(p).await?;
+            let applied = self.tasks[&p]
+                .next_offsets
+                .get(&topic)
+                .copied()
+                .unwrap_or(0);
+            pending.consumed.insert((topic.clone(), p), offset + 1);
+            if offset < applied {
+                continue; // applied before a restart; its effects are already in state
+            }
+            in_counter.inc();
+            pending.events += 1;
+            pending.overlay.insert(
+                (PROGRESS.into(), partition_key(p, &offset_key(&topic))),
+                Some((offset + 1).to_be_bytes().to_vec()),
+            );
+            if let Some(task) = self.tasks.get_mut(&p) {
+                task.next_offsets.insert(topic.clone(), offset + 1);
+            }
+            let decoded = match self.decode(message.key()).await {
+                Ok(k) => self.decode(message.payload()).await.map(|v| (k, v)),
+                Err(e) => Err(e),
+            };
+            let (key, value) = match decoded {
+                Ok(kv) => kv,
+                Err(e) if e.is_transient() => return Err(e.into()),
+                Err(e) => {
+                    pending.dead_letters.push(DeadLetter {
+                        code: e.code().into(),
+                        error: e.to_string(),
+                        message,
+                    });
+                    continue;
+                }
+            };
+            let event = Event {
+                topic: &topic,
+                partition: p,
+                offset,
+                timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+                key: key.as_ref().map(|(_, v)| v),
+                value: value.as_ref().map(|(_, v)| v),
+                value_schema_id: value.as_ref().map(|(id, _)| *id),
+            };
+            let event_time = self.processor.event_time(&event);
+            let watermark = self.tasks[&p].watermark_ms;
+            let mut ctx = Context::new(p, self.store.as_ref(), &pending.overlay, watermark);
+            match self.processor.process(&event, &mut ctx) {
+                Ok(()) => {
+                    let Context {
+                        scratch, outputs, ..
+                    } = ctx;
+                    pending.overlay.extend(scratch);
+                    pending.outputs.extend(outputs.into_iter().map(|o| (p, o)));
+                }
+                Err(ProcessError::Rejected(r)) => {
+                    drop(ctx);
+                    pending.dead_letters.push(DeadLetter {
+                        code: r.code.into(),
+                        error: r.message,
+                        message,
+                    });
+                }
+                Err(ProcessError::State(e)) => return Err(e.into()),
+            }
+            if event_time > watermark {
+                self.advance_watermark(p, event_time, &mut pending)?;
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Moves partition `p`'s watermark to `to` and fires the timers it passed, in due order.
+    fn advance_watermark(
+        &mut self,
+        p: i32,
+        to: i64,
+        pending: &mut Pending,
+    ) -> Result<(), RuntimeError> {
+        if let Some(task) = self.tasks.get_mut(&p) {
+            task.watermark_ms = to;
+        }
+        pending.overlay.insert(
+            (PROGRESS.into(), partition_key(p, WATERMARK_KEY)),
+            Some(to.to_be_bytes().to_vec()),
+        );
+        let (start, end) = (
+            timer_key(p, i64::MIN, b""),
+            timer_key(p, to.saturating_add(1), b""),
+        );
+        loop {
+            let mut due: std::collections::BTreeMap<Vec<u8>, bool> = self
+                .store
+                .scan_range(TIMERS, &start, &end, 256)?
+                .into_iter()
+                .map(|(k, _)| (k, true))
+                .collect();
+            let from = (TIMERS.to_string(), start.clone());
+            for ((s, k), v) in pending.overlay.range(from..) {
+                if s != TIMERS || k >= &end {
+                    break;
+                }
+                due.insert(k.clone(), v.is_some());
+            }
+            let Some(key) = due.into_iter().find(|(_, live)| *live).map(|(k, _)| k) else {
+                return Ok(());
+            };
+            pending.overlay.insert((TIMERS.into(), key.clone()), None);
+            let Some(timer) = parse_timer_key(&key) else {
+                continue;
+            };
+            let mut ctx = Context::new(p, self.store.as_ref(), &pending.overlay, to);
+            match self.processor.on_timer(&timer, &mut ctx) {
+                Ok(()) => {
+                    let Context {
+                        scratch, outputs, ..
+                    } = ctx;
+                    pending.overlay.extend(scratch);
+                    pending.outputs.extend(outputs.into_iter().map(|o| (p, o)));
+                }
+                Err(ProcessError::Rejected(r)) => {
+                    tracing::warn!(component = %self.spec.component, partition = p, due_ms = timer.due_ms, error = %r, "timer rejected; dropped");
+                }
+                Err(ProcessError::State(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn writer(&mut self, topic: &str, schema: &OutputSchema) -> Result<Writer, RuntimeError> {
+        let cache_key = (topic.to_string(), schema.clone());
+        if let Some(w) = self.writers.get(&cache_key) {
+            return Ok(w.clone());
+        }
+        let text: String = match schema {
+            OutputSchema::Text(t) => t.to_string(),
+            OutputSchema::Id(id) => self
+                .env
+                .codec
+                .registry()
+                .fetch(*id)
+                .await
+                .map_err(CodecError::from)?,
+        };
+        let parsed =
+            apache_avro::Schema::parse_str(&text).map_err(|e| CodecError::InvalidSchema {
+                subject: topic.into(),
+                detail: e.to_string(),
+            })?;
+        // One topic carries several record types (one per captured table), so subjects
+        // follow TopicRecordNameStrategy: `<topic>-<record full name>`.
+        let name = match &parsed {
+            apache_avro::Schema::Record(r) => r.name.fullname(None),
+            other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)).to_lowercase(),
+        };
+        let writer = self
+            .env
+            .codec
+            .register(&format!("{topic}-{name}"), &text)
+            .await?;
+        self.writers.insert(cache_key, writer.clone());
+        Ok(writer)
+    }
+
+    async fn commit(&mut self, pending: Pending) -> Result<(), RuntimeError> {
+        let Pending {
+            overlay,
+            outputs,
+            dead_letters,
+            consumed,
+            ..
+        } = pending;
+        // 1. Outputs and dead letters.
+        let mut sends = Vec::with_capacity(outputs.len() + dead_letters.len());
+        let out_counter = self
+            .env
+            .metrics
+            .events_out
+            .with_label_values(&[&self.spec.component]);
+        for (p, output) in outputs {
+            let topic = self
+                .spec
+                .outputs
+                .get(&output.port)
+                .cloned()
+                .ok_or_else(|| RuntimeError::UnknownPort {
+                    component: self.spec.component.clone(),
+                    port: output.port.clone().unwrap_or_default(),
+                })?;
+            let key = self
+                .writer(&topic, &output.key_schema)
+                .await?
+                .encode(&output.key)?;
+            let value = match &output.value {
+                Some(v) => Some(self.writer(&topic, &output.value_schema).await?.encode(v)?),
+                None => None,
+            };
+            sends.push(self.send(topic, p, Some(key), value, None));
+            out_counter.inc();
+        }
+        let dl_counter = self
+            .env
+            .metrics
+            .dead_letters
+            .with_label_values(&[&self.spec.component]);
+        for dl in dead_letters {
+            tracing::warn!(component = %self.spec.component, topic = dl.message.topic(), partition = dl.message.partition(), offset = dl.message.offset(), code = %dl.code, error = %dl.error, "dead-lettered");
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "strata.component",
+                    value: Some(&self.spec.component),
+                })
+                .insert(Header {
+                    key: "strata.error.code",
+                    value: Some(&dl.code),
+                })
+                .insert(Header {
+                    key: "strata.error",
+                    value: Some(&dl.error),
+                })
+                .insert(Header {
+                    key: "strata.input.topic",
+                    value: Some(dl.message.topic()),
+                })
+                .insert(Header {
+                    key: "strata.input.partition",
+                    value: Some(&dl.message.partition().to_string()),
+                })
+                .insert(Header {
+                    key: "strata.input.offset",
+                    value: Some(&dl.message.offset().to_string()),
+                });
+            sends.push(self.send(
+                self.spec.dead_letter.clone(),
+                -1,
+                dl.message.key().map(<[u8]>::to_vec),
+                dl.message.payload().map(<[u8]>::to_vec),
+                Some(headers),
+            ));
+            dl_counter.inc();
+        }
+        try_join_all(sends).await?;
+
+        // 2. Changelog.
+        let mut changelog_sends = Vec::new();
+        for ((store, key), value) in &overlay {
+            if store == LOCAL {
+                continue;
+            }
+            let p = i32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+            changelog_sends.push(self.send(
+                self.spec.changelog.clone(),
+                p,
+                Some(record_key(store, &key[4..])),
+                value.clone(),
+                None,
+            ));
+        }
+        let acked = try_join_all(changelog_sends).await?;
+        let mut checkpoints: HashMap<i32, i64> = HashMap::new();
+        for (p, offset) in acked {
+            let next = checkpoints.entry(p).or_insert(0);
+            *next = (*next).max(offset + 1);
+        }
+
+        // 3. Local state, input offsets and checkpoints in one write.
+        let mut batch = Batch::default();
+        for ((store, key), value) in overlay {
+            debug_assert!(
+                store == LOCAL
+                    || self.user_stores.contains(store.as_str())
+                    || store.starts_with('_')
+            );
+            batch.ops.push((store, key, value));
+        }
+        for (p, next) in checkpoints {
+            batch.put(LOCAL, checkpoint_key(p), next.to_be_bytes().to_vec());
+        }
+        if !batch.is_empty() {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.write(batch))
+                .await
+                .map_err(RuntimeError::join)??;
+        }
+
+        // 4. Consumer offsets.
+        if !consumed.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, p), next) in consumed {
+                tpl.add_partition_offset(&topic, p, Offset::Offset(next))
+                    .map_err(|source| RuntimeError::KafkaIo {
+                        what: "building the offset commit".into(),
+                        source,
+                    })?;
+            }
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                // Not fatal: state already records the offsets, so a redelivery is skipped.
+                tracing::warn!(component = %self.spec.component, error = %e, "offset commit failed; will commit with the next batch");
+            }
+        }
+        Ok(())
+    }
+
+    /// Produces one record; resolves to (partition, offset) once acknowledged.
+    fn send(
+        &self,
+        topic: String,
+        partition: i32,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        headers: Option<OwnedHeaders>,
+    ) -> impl std::future::Future<Output = Result<(i32, i64), RuntimeError>> + Send + 'static {
+        let producer = self.producer.clone();
+        async move {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic);
+            if partition >= 0 {
+                record = record.partition(partition);
+            }
+            if let Some(k) = &key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &value {
+                record = record.payload(v.as_slice());
+            }
+            if let Some(h) = headers {
+                record = record.headers(h);
+            }
+            producer
+                .send(record, Duration::from_secs(60))
+                .await
+                .map(|delivery| (delivery.partition, delivery.offset))
+                .map_err(|(source, _)| RuntimeError::KafkaIo {
+                    what: format!("writing to {topic}"),
+                    source,
+                })
+        }
+    }
+}
