@@ -109,7 +109,7 @@ pub struct Timer {
     pub name: Vec<u8>,
 }
 
-pub trait Processor: Send {
+pub trait Processor: Send + Sync {
     /// The state stores this processor keeps, each backed by the changelog.
     fn stores(&self) -> Vec<&'static str>;
 
