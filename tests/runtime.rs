@@ -84,7 +84,7 @@ impl Processor for Counter {
         ctx.set_timer(ts + 1000, format!("{member}@{ts}").as_bytes());
         ctx.emit(Output {
             port: None,
-            key: Value::String(member.clone()),
+            key: Some(Value::String(member.clone())),
             key_schema: OutputSchema::Text(KEY.into()),
             value: Some(count_record(
                 &member,
@@ -92,6 +92,7 @@ impl Processor for Counter {
                 format!("{}/{}/{}", event.topic, event.partition, event.offset),
             )),
             value_schema: OutputSchema::Text(COUNT.into()),
+            partition_by: None,
         });
         Ok(())
     }
@@ -100,10 +101,11 @@ impl Processor for Counter {
         let name = String::from_utf8_lossy(&timer.name).to_string();
         ctx.emit(Output {
             port: Some("timers".into()),
-            key: Value::String(name.clone()),
+            key: Some(Value::String(name.clone())),
             key_schema: OutputSchema::Text(KEY.into()),
             value: Some(count_record(&name, timer.due_ms, format!("timer:{name}"))),
             value_schema: OutputSchema::Text(COUNT.into()),
+            partition_by: None,
         });
         Ok(())
     }

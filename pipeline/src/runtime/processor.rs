@@ -32,6 +32,7 @@ pub struct Event<'a> {
     /// Kafka record timestamp, ms since the epoch.
     pub timestamp_ms: i64,
     pub key: Option<&'a Value>,
+    pub key_schema_id: Option<u32>,
     /// `None` for a tombstone.
     pub value: Option<&'a Value>,
     /// Schema id of `value`, so pass-through outputs can reuse the writer's schema.
@@ -95,11 +96,26 @@ pub enum OutputSchema {
 pub struct Output {
     /// `None` for the default output, else a named port.
     pub port: Option<String>,
-    pub key: Value,
+    /// `None` writes a record without a key (a truncate, say).
+    pub key: Option<Value>,
     pub key_schema: OutputSchema,
     /// `None` writes a tombstone.
     pub value: Option<Value>,
     pub value_schema: OutputSchema,
+    /// Bytes that choose the output partition (a stable hash of them); `None` keeps the
+    /// input's partition. Records with equal bytes land in the same partition.
+    pub partition_by: Option<Vec<u8>>,
+}
+
+/// The partition `bytes` map to among `partitions` (FNV-1a: stable across versions and
+/// machines, unlike std's hasher).
+pub fn partition_for(bytes: &[u8], partitions: i32) -> i32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % partitions.max(1) as u64) as i32
 }
 
 /// A timer that came due: its name and due time (event time, ms).

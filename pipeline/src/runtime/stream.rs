@@ -401,6 +401,7 @@ impl Loop {
                 offset,
                 timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
                 key: key.as_ref().map(|(_, v)| v),
+                key_schema_id: key.as_ref().map(|(id, _)| *id),
                 value: value.as_ref().map(|(_, v)| v),
                 value_schema_id: value.as_ref().map(|(id, _)| *id),
             };
@@ -539,6 +540,10 @@ impl Loop {
             .events_out
             .with_label_values(&[&self.spec.component]);
         for (p, output) in outputs {
+            let p = match &output.partition_by {
+                Some(bytes) => super::processor::partition_for(bytes, self.spec.partitions),
+                None => p,
+            };
             let topic = self
                 .spec
                 .outputs
@@ -548,15 +553,15 @@ impl Loop {
                     component: self.spec.component.clone(),
                     port: output.port.clone().unwrap_or_default(),
                 })?;
-            let key = self
-                .writer(&topic, &output.key_schema)
-                .await?
-                .encode(&output.key)?;
+            let key = match &output.key {
+                Some(k) => Some(self.writer(&topic, &output.key_schema).await?.encode(k)?),
+                None => None,
+            };
             let value = match &output.value {
                 Some(v) => Some(self.writer(&topic, &output.value_schema).await?.encode(v)?),
                 None => None,
             };
-            sends.push(self.send(topic, p, Some(key), value, None));
+            sends.push(self.send(topic, p, key, value, None));
             out_counter.inc();
         }
         let dl_counter = self

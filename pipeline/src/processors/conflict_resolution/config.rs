@@ -15,6 +15,15 @@ pub struct ConflictConfig {
     /// Per-table policies, keyed by `schema.table`.
     #[serde(default)]
     pub tables: BTreeMap<String, TablePolicy>,
+    /// Columns that choose the output partition, first one a row has wins; rows with none
+    /// keep their input partition. The default co-locates a member's claims, policies and
+    /// member record for claim analysis.
+    #[serde(default = "default_partition_by")]
+    pub partition_by: Vec<String>,
+}
+
+fn default_partition_by() -> Vec<String> {
+    vec!["member_id".into()]
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,8 +1,11 @@
 //! Conflict resolution: replicas that both write converge on the same state.
 
 mod config;
+pub mod merge;
+mod processor;
 
 pub use config::{ConflictConfig, FieldGroup, Policy, TablePolicy};
+pub use processor::ConflictResolution;
 
 use crate::topology::{Ports, Role, TypedKind};
 

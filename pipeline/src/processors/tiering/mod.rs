@@ -1,8 +1,10 @@
 //! Tiering: routes claims to the hot, warm or cold tier by age at event time.
 
 mod config;
+mod processor;
 
 pub use config::{PiiMode, PiiPolicy, TieringConfig};
+pub use processor::{Tier, Tiering};
 
 use crate::topology::{Ports, Role, TypedKind};
 

@@ -1,0 +1,230 @@
+//! The conflict-resolution stage: merges each row's writes from every origin (see
+//! [`super::merge`]) and emits the merged row, plus an audit record per conflict.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use apache_avro::types::Value;
+
+use super::config::ConflictConfig;
+use super::merge::{Merged, Rules, Stamp};
+use crate::avro::schemas::CONFLICT_AUDIT;
+use crate::processors::change::{
+    column, decode_state, encode_state, rewrite, to_cells, Cell, Change,
+};
+use crate::runtime::{Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection};
+
+const ROWS: &str = "rows";
+const STRING_KEY: &str = r#""string""#;
+
+pub struct ConflictResolution {
+    config: ConflictConfig,
+    /// Region of this deployment: changes from it without an origin are this site's.
+    region: String,
+    rules: HashMap<String, Rules>,
+    audit_schema: Arc<str>,
+}
+
+impl ConflictResolution {
+    pub fn new(config: ConflictConfig, region: &str) -> Self {
+        Self {
+            config,
+            region: region.into(),
+            rules: HashMap::new(),
+            audit_schema: CONFLICT_AUDIT.into(),
+        }
+    }
+
+    fn rules(&mut self, table: &str) -> &Rules {
+        let (tables, default) = (&self.config.tables, self.config.default_policy);
+        self.rules
+            .entry(table.to_string())
+            .or_insert_with(|| Rules::new(tables.get(table), default))
+    }
+
+    /// Who made the change: its own stamp, else this site for local changes, else the
+    /// region it was captured in (a topic mirrored from another region).
+    fn origin(&self, change: &Change) -> String {
+        match &change.origin {
+            Some(o) => o.clone(),
+            None if change.region == self.region || change.region.is_empty() => {
+                self.config.origin.clone()
+            }
+            None => change.region.clone(),
+        }
+    }
+}
+
+fn describe(cell: &Cell) -> String {
+    serde_json::to_string(cell).unwrap_or_default()
+}
+
+impl Processor for ConflictResolution {
+    fn stores(&self) -> Vec<&'static str> {
+        vec![ROWS]
+    }
+
+    fn process(&mut self, event: &Event<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let change = Change::from_event(event)?;
+        let value_schema = OutputSchema::Id(event.value_schema_id.unwrap_or_default());
+        let key_schema = OutputSchema::Id(event.key_schema_id.unwrap_or_default());
+        let envelope = event.value.cloned().unwrap_or(Value::Null);
+        if change.op == "t" {
+            // A truncate empties the table everywhere; nothing to merge.
+            ctx.emit(Output {
+                port: None,
+                key: None,
+                key_schema,
+                value: Some(envelope),
+                value_schema,
+                partition_by: None,
+            });
+            return Ok(());
+        }
+        let key = event.key.ok_or_else(|| {
+            Rejection::new(
+                "envelope.no_key",
+                format!("a change of {} without a key", change.table),
+            )
+        })?;
+        let key_text = describe(&Cell::from(key));
+        let state_key = format!("{}\0{key_text}", change.table).into_bytes();
+        let origin = self.origin(&change);
+        let mut guard_key = state_key.clone();
+        guard_key.push(0);
+        guard_key.extend_from_slice(origin.as_bytes());
+        if !ctx.is_newer(&guard_key, &change.position)? {
+            return Ok(()); // this origin's change was applied already
+        }
+        let stamp = Stamp {
+            hlc: change.hlc.unwrap_or(change.ts_ms << 16),
+            origin,
+            position: change.position.clone(),
+        };
+        let mut merged: Merged = ctx
+            .get(ROWS, &state_key)?
+            .and_then(|b| decode_state(&b))
+            .unwrap_or_default();
+        let rules = self.rules(&change.table).clone();
+        let conflicts = match (change.op.as_str(), &change.after) {
+            ("d", _) | (_, None) => {
+                merged.delete(&stamp);
+                Vec::new()
+            }
+            (_, Some(after)) => {
+                let before = change.before.as_ref().map(to_cells);
+                merged.write(&rules, &stamp, &to_cells(after), before.as_deref())
+            }
+        };
+        ctx.put(ROWS, &state_key, encode_state(&merged));
+
+        let deleted = merged.is_deleted();
+        let merged_row = merged.row();
+        let shape = change.row().cloned().unwrap_or_default();
+        let after: Vec<(String, Value)> = shape
+            .iter()
+            .map(|(name, v)| {
+                let cell = merged_row.iter().find(|(c, _)| c == name).map(|(_, c)| c);
+                (
+                    name.clone(),
+                    cell.map(Value::from).unwrap_or_else(|| v.clone()),
+                )
+            })
+            .collect();
+        let op = match (deleted, change.op.as_str()) {
+            (true, _) => "d",
+            (false, "d") => "u",
+            (false, op) => op,
+        };
+        let latest_hlc = merged
+            .fields
+            .iter()
+            .map(|(_, f)| f.stamp.hlc)
+            .max()
+            .unwrap_or(stamp.hlc);
+        let out = rewrite(
+            &envelope,
+            &[
+                ("after", (!deleted).then(|| Value::Record(after.clone()))),
+                ("op", Some(Value::String(op.into()))),
+                ("origin", Some(Value::String(stamp.origin.clone()))),
+                ("hlc", Some(Value::Long(latest_hlc))),
+            ],
+        );
+        let partition_by = self
+            .config
+            .partition_by
+            .iter()
+            .find_map(|c| column(&after, c))
+            .map(|v| describe(&Cell::from(v)).into_bytes());
+        ctx.emit(Output {
+            port: None,
+            key: Some(key.clone()),
+            key_schema,
+            value: Some(out),
+            value_schema,
+            partition_by: partition_by.clone(),
+        });
+        for (i, c) in conflicts.iter().enumerate() {
+            let audit = Value::Record(vec![
+                (
+                    "audit_id".into(),
+                    Value::String(format!("{}/{i}", change.position)),
+                ),
+                ("table".into(), Value::String(change.table.clone())),
+                ("key".into(), Value::String(key_text.clone())),
+                (
+                    "field_group".into(),
+                    match rules.group(&c.column) {
+                        Some(g) => Value::Union(1, Box::new(Value::String(g.into()))),
+                        None => Value::Union(0, Box::new(Value::Null)),
+                    },
+                ),
+                (
+                    "local_origin".into(),
+                    Value::String(c.existing.stamp.origin.clone()),
+                ),
+                ("local_hlc".into(), Value::Long(c.existing.stamp.hlc)),
+                (
+                    "local_value".into(),
+                    Value::String(describe(&c.existing.value)),
+                ),
+                (
+                    "remote_origin".into(),
+                    Value::String(c.incoming.stamp.origin.clone()),
+                ),
+                ("remote_hlc".into(), Value::Long(c.incoming.stamp.hlc)),
+                (
+                    "remote_value".into(),
+                    Value::String(describe(&c.incoming.value)),
+                ),
+                (
+                    "winner".into(),
+                    if c.incoming_won {
+                        Value::Enum(1, "REMOTE".into())
+                    } else {
+                        Value::Enum(0, "LOCAL".into())
+                    },
+                ),
+                (
+                    "rule".into(),
+                    match rules.policy {
+                        super::Policy::LastWriterWins => Value::Enum(0, "LAST_WRITER_WINS".into()),
+                        super::Policy::SourcePriority => Value::Enum(1, "SOURCE_PRIORITY".into()),
+                        super::Policy::FieldMerge => Value::Enum(2, "FIELD_MERGE".into()),
+                    },
+                ),
+                ("position".into(), Value::String(change.position.clone())),
+            ]);
+            ctx.emit(Output {
+                port: Some("audit".into()),
+                key: Some(Value::String(format!("{}:{key_text}", change.table))),
+                key_schema: OutputSchema::Text(STRING_KEY.into()),
+                value: Some(audit),
+                value_schema: OutputSchema::Text(self.audit_schema.clone()),
+                partition_by: partition_by.clone(),
+            });
+        }
+        Ok(())
+    }
+}
