@@ -1,8 +1,11 @@
 //! Claim analysis: validation, classification and scoring with reasons.
 
 mod config;
+mod processor;
+pub mod rules;
 
 pub use config::{ClaimAnalysisConfig, RoutingThresholds};
+pub use processor::ClaimAnalysis;
 
 use crate::topology::{Ports, Role, TypedKind};
 

@@ -1,0 +1,488 @@
+//! The claim-analysis stage: validates, classifies and scores each new claim from its
+//! header, with features kept in state per member (the conflict stage partitions claims,
+//! policies and members by member id, so a member's history is local).
+//!
+//! Each claim is analysed once, when it is first seen; a later event can revise earlier
+//! analyses (a velocity burst flags every claim of the burst, not only those after the
+//! limit) by emitting a new record for them, whose id derives from the event that
+//! revised it. Sinks keep the latest analysis per claim.
+//!
+//! Not yet: procedure-level features (near duplicates by procedure, amount history per
+//! procedure, upcoding), which need the claim lines joined to their claim.
+
+use std::sync::Arc;
+
+use apache_avro::types::Value;
+use serde::{Deserialize, Serialize};
+
+use super::config::ClaimAnalysisConfig;
+use super::rules::{self, reason, AmountStats, Reason};
+use crate::avro::schemas::CLAIM_ANALYSIS;
+use crate::processors::change::{column, decode_state, encode_state, number, Cell, Change, Row};
+use crate::runtime::{Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection};
+
+const POLICIES: &str = "policies";
+const CLAIMS: &str = "claims";
+const EXACT: &str = "exact";
+const RECENT: &str = "recent";
+const MEMBER_DAYS: &str = "member_days";
+const AMOUNTS: &str = "amounts";
+/// Claims waiting for their member's first policy.
+const WAITING: &str = "waiting";
+
+/// Amount columns are numeric(12,2) in both sources.
+const AMOUNT_SCALE: u32 = 2;
+const DAY_MS: i64 = 86_400_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Policy {
+    policy_id: i64,
+    start: i32,
+    end: Option<i32>,
+}
+
+/// What the stage keeps of an analysed claim.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Claim {
+    claim_id: i64,
+    member: i64,
+    provider: i64,
+    from: i32,
+    to: i32,
+    submitted: i32,
+    billed: f64,
+    diagnoses: Vec<String>,
+    claim_type: String,
+    form_type: String,
+    position: String,
+    event_time_ms: i64,
+    key: Cell,
+    key_schema_id: u32,
+    reasons: Vec<Reason>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Recent {
+    claim_id: i64,
+    from: i32,
+    billed: f64,
+    diagnoses: Vec<String>,
+}
+
+pub struct ClaimAnalysis {
+    config: ClaimAnalysisConfig,
+    schema: Arc<str>,
+}
+
+fn long(row: &Row, name: &str) -> Option<i64> {
+    match column(row, name)? {
+        Value::Long(v) => Some(*v),
+        Value::Int(v) => Some(i64::from(*v)),
+        _ => None,
+    }
+}
+
+fn date(row: &Row, name: &str) -> Option<i32> {
+    match column(row, name)? {
+        Value::Date(d) => Some(*d),
+        _ => None,
+    }
+}
+
+fn text(row: &Row, name: &str) -> Option<String> {
+    match column(row, name)? {
+        Value::String(s) => Some(s.trim().to_string()),
+        _ => None,
+    }
+}
+
+fn strings(row: &Row, name: &str) -> Vec<String> {
+    match column(row, name) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Union(_, inner) => match &**inner {
+                    Value::String(s) => Some(s.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl ClaimAnalysis {
+    pub fn new(config: ClaimAnalysisConfig) -> Self {
+        Self {
+            config,
+            schema: CLAIM_ANALYSIS.into(),
+        }
+    }
+
+    fn days(&self, d: &crate::topology::units::Duration) -> i32 {
+        (d.0.as_secs() / 86_400).max(1) as i32
+    }
+
+    fn read_claim(&self, change: &Change, event: &Event<'_>) -> Result<Claim, Rejection> {
+        let row = change
+            .after
+            .as_ref()
+            .ok_or_else(|| Rejection::new("claim.no_row", "a claim change without a row"))?;
+        let need = |what: &str| {
+            Rejection::new(
+                "claim.missing_field",
+                format!("claim row lacks `{what}` (or it has an unexpected type)"),
+            )
+        };
+        let billed = column(row, "billed_amount")
+            .and_then(|v| number(v, AMOUNT_SCALE))
+            .ok_or_else(|| need("billed_amount"))?;
+        Ok(Claim {
+            claim_id: long(row, "claim_id").ok_or_else(|| need("claim_id"))?,
+            member: long(row, "member_id").ok_or_else(|| need("member_id"))?,
+            provider: long(row, "provider_id").ok_or_else(|| need("provider_id"))?,
+            from: date(row, "service_date_from").ok_or_else(|| need("service_date_from"))?,
+            to: date(row, "service_date_to").ok_or_else(|| need("service_date_to"))?,
+            submitted: date(row, "submitted_date").ok_or_else(|| need("submitted_date"))?,
+            billed,
+            diagnoses: strings(row, "diagnosis_codes"),
+            claim_type: text(row, "claim_type").unwrap_or_default(),
+            form_type: text(row, "form_type").unwrap_or_default(),
+            position: change.position.clone(),
+            event_time_ms: change.ts_ms,
+            key: Cell::from(event.key.unwrap_or(&Value::Null)),
+            key_schema_id: event.key_schema_id.unwrap_or_default(),
+            reasons: Vec::new(),
+        })
+    }
+
+    fn class(claim: &Claim) -> &str {
+        rules::CLASSES
+            .iter()
+            .find(|c| **c == claim.claim_type)
+            .copied()
+            .or_else(|| rules::class_of_form(&claim.form_type))
+            .unwrap_or("UNKNOWN")
+    }
+
+    fn emit(&self, ctx: &mut Context<'_>, claim: &Claim, analysis_id: String) {
+        let score = rules::score(&claim.reasons);
+        let routing = rules::routing(score, &self.config.thresholds);
+        let class = Self::class(claim);
+        let class_index = rules::CLASSES.iter().position(|c| *c == class).unwrap_or(5) as u32;
+        let routing_index = match routing {
+            "AUTO_APPROVE" => 0,
+            "REVIEW" => 1,
+            _ => 2,
+        };
+        let reasons = claim
+            .reasons
+            .iter()
+            .map(|r| {
+                Value::Record(vec![
+                    ("code".into(), Value::String(r.code.clone())),
+                    ("contribution".into(), Value::Double(r.contribution)),
+                    ("detail".into(), Value::String(r.detail.clone())),
+                ])
+            })
+            .collect();
+        let record = Value::Record(vec![
+            ("analysis_id".into(), Value::String(analysis_id)),
+            ("claim_id".into(), Value::Long(claim.claim_id)),
+            ("position".into(), Value::String(claim.position.clone())),
+            ("claim_class".into(), Value::Enum(class_index, class.into())),
+            ("score".into(), Value::Double(score)),
+            ("routing".into(), Value::Enum(routing_index, routing.into())),
+            ("reasons".into(), Value::Array(reasons)),
+            (
+                "event_time_ms".into(),
+                Value::TimestampMillis(claim.event_time_ms),
+            ),
+        ]);
+        ctx.emit(Output {
+            port: None,
+            key: Some(Value::from(&claim.key)),
+            key_schema: OutputSchema::Id(claim.key_schema_id),
+            value: Some(record),
+            value_schema: OutputSchema::Text(self.schema.clone()),
+            partition_by: None,
+        });
+    }
+
+    fn policy(&self, change: &Change, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let Some(row) = change.after.as_ref() else {
+            return Ok(()); // a removed policy keeps covering the claims already analysed
+        };
+        let (Some(member), Some(policy_id), Some(start)) = (
+            long(row, "member_id"),
+            long(row, "policy_id"),
+            date(row, "coverage_start"),
+        ) else {
+            return Err(Rejection::new(
+                "policy.missing_field",
+                "policy row lacks member_id, policy_id or coverage_start",
+            )
+            .into());
+        };
+        let key = member.to_be_bytes();
+        let mut policies: Vec<Policy> = ctx
+            .get(POLICIES, &key)?
+            .and_then(|b| decode_state(&b))
+            .unwrap_or_default();
+        policies.retain(|p| p.policy_id != policy_id);
+        policies.push(Policy {
+            policy_id,
+            start,
+            end: date(row, "coverage_end"),
+        });
+        ctx.put(POLICIES, &key, encode_state(&policies));
+        // Claims that waited for this member's coverage can be analysed now.
+        if let Some(waiting) = ctx.get(WAITING, &key)? {
+            ctx.delete(WAITING, &key);
+            for claim in decode_state::<Vec<Claim>>(&waiting).unwrap_or_default() {
+                self.analyse(claim, &policies, ctx)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn analyse(
+        &self,
+        mut claim: Claim,
+        policies: &[Policy],
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
+        let today = claim.event_time_ms.div_euclid(DAY_MS) as i32;
+        let mut reasons = Vec::new();
+        // Validation.
+        if claim.from > today {
+            reasons.push(reason(
+                "FUTURE_SERVICE",
+                format!(
+                    "service starts {} days after it was recorded",
+                    claim.from - today
+                ),
+            ));
+        }
+        if claim.to > claim.submitted {
+            reasons.push(reason(
+                "SERVICE_AFTER_SUBMISSION",
+                "service ends after the claim was submitted".into(),
+            ));
+        }
+        if claim.billed <= 0.0 {
+            reasons.push(reason(
+                "NON_POSITIVE_AMOUNT",
+                format!("billed {:.2}", claim.billed),
+            ));
+        }
+        let bad: Vec<_> = claim
+            .diagnoses
+            .iter()
+            .filter(|c| !rules::is_icd10(c))
+            .cloned()
+            .collect();
+        if !bad.is_empty() || claim.diagnoses.is_empty() {
+            reasons.push(reason(
+                "BAD_DIAGNOSIS_CODE",
+                format!("not ICD-10-CM: {bad:?}"),
+            ));
+        }
+        if let Some(implied) = rules::class_of_form(&claim.form_type) {
+            if implied != claim.claim_type {
+                reasons.push(reason(
+                    "CLASS_MISMATCH",
+                    format!("{} on a {} form", claim.claim_type, claim.form_type),
+                ));
+            }
+        }
+        let covered = policies
+            .iter()
+            .any(|p| p.start <= claim.from && p.end.is_none_or(|e| claim.from <= e));
+        if !covered {
+            reasons.push(reason(
+                "COVERAGE_INACTIVE",
+                "no policy of the member covers the service date".into(),
+            ));
+        }
+
+        // Exact duplicates: same member, provider, dates, diagnoses and amount.
+        let exact_key = format!(
+            "{}|{}|{}|{}|{}|{:.2}|{}",
+            claim.member,
+            claim.provider,
+            claim.from,
+            claim.to,
+            claim.claim_type,
+            claim.billed,
+            claim.diagnoses.join(",")
+        );
+        match ctx.get(EXACT, exact_key.as_bytes())? {
+            Some(first) if first != claim.claim_id.to_be_bytes() => {
+                let first = i64::from_be_bytes(first.try_into().unwrap_or_default());
+                reasons.push(reason("DUPLICATE_EXACT", format!("same as claim {first}")));
+            }
+            Some(_) => {}
+            None => ctx.put(
+                EXACT,
+                exact_key.as_bytes(),
+                claim.claim_id.to_be_bytes().to_vec(),
+            ),
+        }
+
+        // Near duplicates: same member, provider and diagnoses within the window, amount within 6%.
+        let window = self.days(&self.config.duplicate_window);
+        let recent_key = format!("{}|{}", claim.member, claim.provider).into_bytes();
+        let mut recent: Vec<Recent> = ctx
+            .get(RECENT, &recent_key)?
+            .and_then(|b| decode_state(&b))
+            .unwrap_or_default();
+        if !reasons.iter().any(|r| r.code == "DUPLICATE_EXACT") {
+            if let Some(r) = recent.iter().find(|r| {
+                r.claim_id != claim.claim_id
+                    && (r.from - claim.from).abs() <= window
+                    && r.from != claim.from
+                    && r.diagnoses == claim.diagnoses
+                    && (claim.billed / r.billed - 1.0).abs() <= 0.06
+            }) {
+                reasons.push(reason(
+                    "DUPLICATE_NEAR",
+                    format!(
+                        "like claim {} ({} days apart)",
+                        r.claim_id,
+                        (r.from - claim.from).abs()
+                    ),
+                ));
+            }
+        }
+        recent.retain(|r| (r.from - claim.from).abs() <= window);
+        recent.push(Recent {
+            claim_id: claim.claim_id,
+            from: claim.from,
+            billed: claim.billed,
+            diagnoses: claim.diagnoses.clone(),
+        });
+        ctx.put(RECENT, &recent_key, encode_state(&recent));
+
+        // Amount outliers against the provider's history for this kind of claim.
+        let stats_key = format!("{}|{}", claim.provider, claim.claim_type).into_bytes();
+        let mut stats: AmountStats = ctx
+            .get(AMOUNTS, &stats_key)?
+            .and_then(|b| decode_state(&b))
+            .unwrap_or_default();
+        if let Some(z) = stats.z(claim.billed) {
+            if z > self.config.outlier_z {
+                reasons.push(reason(
+                    "AMOUNT_OUTLIER",
+                    format!(
+                        "{:.2} is {z:.1} sd above the provider's usual",
+                        claim.billed
+                    ),
+                ));
+            }
+        }
+        stats.add(claim.billed);
+        ctx.put(AMOUNTS, &stats_key, encode_state(&stats));
+
+        claim.reasons = reasons;
+        ctx.put(CLAIMS, &claim.claim_id.to_be_bytes(), encode_state(&claim));
+        self.emit(
+            ctx,
+            &claim,
+            format!("{}/{}", claim.position, claim.claim_id),
+        );
+
+        // Member velocity: more than the limit within the window flags the whole burst.
+        let velocity_days = self.days(&self.config.velocity_window);
+        let member_key = claim.member.to_be_bytes();
+        let mut days: Vec<(i32, i64)> = ctx
+            .get(MEMBER_DAYS, &member_key)?
+            .and_then(|b| decode_state(&b))
+            .unwrap_or_default();
+        days.push((claim.from, claim.claim_id));
+        let newest = days.iter().map(|(d, _)| *d).max().unwrap_or(claim.from);
+        days.retain(|(d, _)| newest - d < velocity_days.max(window));
+        ctx.put(MEMBER_DAYS, &member_key, encode_state(&days));
+        let burst: Vec<i64> = days
+            .iter()
+            .filter(|(d, _)| (d - claim.from).abs() < velocity_days)
+            .map(|(_, id)| *id)
+            .collect();
+        if burst.len() > self.config.member_velocity_limit as usize {
+            for id in burst {
+                let Some(mut other) = ctx
+                    .get(CLAIMS, &id.to_be_bytes())?
+                    .and_then(|b| decode_state::<Claim>(&b))
+                else {
+                    continue;
+                };
+                if other.reasons.iter().any(|r| r.code == "VELOCITY_MEMBER") {
+                    continue;
+                }
+                let count = days
+                    .iter()
+                    .filter(|(d, _)| (d - other.from).abs() < velocity_days)
+                    .count();
+                other.reasons.push(reason(
+                    "VELOCITY_MEMBER",
+                    format!("{count} claims of the member within {velocity_days} day(s)"),
+                ));
+                ctx.put(CLAIMS, &id.to_be_bytes(), encode_state(&other));
+                self.emit(
+                    ctx,
+                    &other,
+                    format!("{}/{}", claim.position, other.claim_id),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Processor for ClaimAnalysis {
+    fn stores(&self) -> Vec<&'static str> {
+        vec![
+            POLICIES,
+            CLAIMS,
+            EXACT,
+            RECENT,
+            MEMBER_DAYS,
+            AMOUNTS,
+            WAITING,
+        ]
+    }
+
+    fn process(&mut self, event: &Event<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let change = Change::from_event(event)?;
+        match change.table.rsplit('.').next() {
+            Some("policies") => self.policy(&change, ctx),
+            Some("claims") if matches!(change.op.as_str(), "c" | "r") => {
+                let claim = self.read_claim(&change, event)?;
+                if ctx.get(CLAIMS, &claim.claim_id.to_be_bytes())?.is_some() {
+                    return Ok(()); // analysed already
+                }
+                let key = claim.member.to_be_bytes();
+                match ctx
+                    .get(POLICIES, &key)?
+                    .and_then(|b| decode_state::<Vec<Policy>>(&b))
+                {
+                    Some(policies) => self.analyse(claim, &policies, ctx),
+                    None => {
+                        let mut waiting: Vec<Claim> = ctx
+                            .get(WAITING, &key)?
+                            .and_then(|b| decode_state(&b))
+                            .unwrap_or_default();
+                        if !waiting.iter().any(|c| c.claim_id == claim.claim_id) {
+                            waiting.push(claim);
+                        }
+                        ctx.put(WAITING, &key, encode_state(&waiting));
+                        Ok(())
+                    }
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
