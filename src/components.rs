@@ -9,8 +9,16 @@ use strata_pipeline::avro::Codec;
 use strata_pipeline::ops::metrics::Metrics;
 use strata_pipeline::ops::shutdown::CancellationToken;
 use strata_pipeline::processors;
-use strata_pipeline::runtime::{ComponentTask, Starter};
-use strata_pipeline::topology::{parse_settings, Catalog, Component, Topology};
+use strata_pipeline::runtime::{
+    processor_spec, run_processor, ComponentTask, Processor, ProcessorEnv, Starter,
+};
+use strata_pipeline::topology::{parse_settings, Catalog, Component, SettingsError, Topology};
+
+/// A task that fails at once with a settings error (validation normally catches these).
+fn settings_error(e: SettingsError) -> ComponentTask {
+    let message = format!("{}: {}", e.path, e.message);
+    Box::pin(async move { Err(message) })
+}
 
 pub fn catalog() -> Catalog {
     Catalog::new()
@@ -34,7 +42,56 @@ impl Starter for Components {
         &self,
         topology: &Topology,
         component: &Component,
-        _metrics: &Metrics,
+        metrics: &Metrics,
+        shutdown: CancellationToken,
+    ) -> Option<ComponentTask> {
+        let processor: Box<dyn Processor> = match component.kind.as_str() {
+            "conflict_resolution" => match parse_settings(&component.settings) {
+                Ok(c) => Box::new(processors::conflict_resolution::ConflictResolution::new(
+                    c,
+                    &topology.region,
+                )),
+                Err(e) => return Some(settings_error(e)),
+            },
+            "claim_analysis" => match parse_settings(&component.settings) {
+                Ok(c) => Box::new(processors::claim_analysis::ClaimAnalysis::new(c)),
+                Err(e) => return Some(settings_error(e)),
+            },
+            "tiering" => match parse_settings(&component.settings) {
+                Ok(c) => Box::new(processors::tiering::Tiering::new(c)),
+                Err(e) => return Some(settings_error(e)),
+            },
+            _ => return self.start_connector(topology, component, shutdown),
+        };
+        let spec = processor_spec(topology, component, self);
+        let env = ProcessorEnv {
+            kafka: topology.kafka.clone(),
+            codec: self.codec.clone(),
+            metrics: metrics.clone(),
+        };
+        Some(Box::pin(async move {
+            run_processor(spec, env, processor, shutdown)
+                .await
+                .map_err(|e| e.to_string())
+        }))
+    }
+
+    fn source_topics(&self, topology: &Topology, component: &Component) -> Vec<String> {
+        match component.kind.as_str() {
+            "postgres" => parse_settings(&component.settings)
+                .map(|c| strata_connectors::postgres::source::topics(&c, &topology.region))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Components {
+    /// Sources and sinks: each connector kind this build can run.
+    fn start_connector(
+        &self,
+        topology: &Topology,
+        component: &Component,
         shutdown: CancellationToken,
     ) -> Option<ComponentTask> {
         match component.kind.as_str() {
@@ -42,10 +99,7 @@ impl Starter for Components {
                 let config: strata_connectors::postgres::PostgresSourceConfig =
                     match parse_settings(&component.settings) {
                         Ok(c) => c,
-                        Err(e) => {
-                            let message = format!("{}: {}", e.path, e.message);
-                            return Some(Box::pin(async move { Err(message) }));
-                        }
+                        Err(e) => return Some(settings_error(e)),
                     };
                 let ctx = strata_connectors::postgres::source::SourceContext {
                     region: topology.region.clone(),
@@ -61,15 +115,6 @@ impl Starter for Components {
                 }))
             }
             _ => None,
-        }
-    }
-
-    fn source_topics(&self, topology: &Topology, component: &Component) -> Vec<String> {
-        match component.kind.as_str() {
-            "postgres" => parse_settings(&component.settings)
-                .map(|c| strata_connectors::postgres::source::topics(&c, &topology.region))
-                .unwrap_or_default(),
-            _ => Vec::new(),
         }
     }
 }
