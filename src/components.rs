@@ -5,12 +5,16 @@
 
 use std::sync::Arc;
 
+use strata_connectors::sinks::{
+    self, batching::Batching, cold::ColdSinkConfig, hot::HotSinkConfig, warm::WarmSinkConfig,
+};
 use strata_pipeline::avro::Codec;
 use strata_pipeline::ops::metrics::Metrics;
 use strata_pipeline::ops::shutdown::CancellationToken;
 use strata_pipeline::processors;
 use strata_pipeline::runtime::{
-    processor_spec, run_processor, ComponentTask, Processor, ProcessorEnv, Starter,
+    processor_spec, run_processor, run_sink, sink_spec, ComponentTask, Processor, ProcessorEnv,
+    Sink, Starter,
 };
 use strata_pipeline::topology::{parse_settings, Catalog, Component, SettingsError, Topology};
 
@@ -61,7 +65,7 @@ impl Starter for Components {
                 Ok(c) => Box::new(processors::tiering::Tiering::new(c)),
                 Err(e) => return Some(settings_error(e)),
             },
-            _ => return self.start_connector(topology, component, shutdown),
+            _ => return self.start_connector(topology, component, metrics, shutdown),
         };
         let spec = processor_spec(topology, component, self);
         let env = ProcessorEnv {
@@ -89,6 +93,53 @@ impl Starter for Components {
 impl Components {
     /// Sources and sinks: each connector kind this build can run.
     fn start_connector(
+        &self,
+        topology: &Topology,
+        component: &Component,
+        metrics: &Metrics,
+        shutdown: CancellationToken,
+    ) -> Option<ComponentTask> {
+        let (sink, batching): (Box<dyn Sink>, Batching) = match component.kind.as_str() {
+            "hot_store" => match parse_settings::<HotSinkConfig>(&component.settings) {
+                Ok(c) => (Box::new(sinks::hot::store(&c)), c.batching),
+                Err(e) => return Some(settings_error(e)),
+            },
+            "warm_store" => match parse_settings::<WarmSinkConfig>(&component.settings) {
+                Ok(c) => (Box::new(sinks::warm::store(&c)), c.batching),
+                Err(e) => return Some(settings_error(e)),
+            },
+            "cold_archive" => match parse_settings::<ColdSinkConfig>(&component.settings) {
+                Ok(c) => {
+                    let batching = Batching {
+                        max_rows: 50_000,
+                        max_wait: c.roll_interval,
+                        ..Batching::default()
+                    };
+                    (
+                        Box::new(sinks::cold::ColdSink::new(&c, self.codec.clone())),
+                        batching,
+                    )
+                }
+                Err(e) => return Some(settings_error(e)),
+            },
+            _ => return self.start_source(topology, component, shutdown),
+        };
+        let spec = sink_spec(
+            topology,
+            component,
+            self,
+            batching.max_rows as usize,
+            batching.max_wait.0,
+        );
+        let (kafka, codec, metrics) = (topology.kafka.clone(), self.codec.clone(), metrics.clone());
+        Some(Box::pin(async move {
+            run_sink(spec, kafka, codec, metrics, sink, shutdown)
+                .await
+                .map_err(|e| e.to_string())
+        }))
+    }
+
+    fn start_source(
         &self,
         topology: &Topology,
         component: &Component,

@@ -70,6 +70,9 @@ enum Command {
     Kinds,
     /// Write a synthetic claims workload into the source database.
     Generate(GenerateArgs),
+    /// Work with a cold archive.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
     /// Serve a Confluent-compatible schema registry.
     Registry {
         #[arg(long, default_value = "127.0.0.1:8081", env = "STRATA_REGISTRY_LISTEN")]
@@ -82,6 +85,13 @@ enum Command {
         )]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ArchiveCommand {
+    /// Recompute every manifest's hash chain and every file's SHA-256; report the first
+    /// broken entry (exit 1) or the totals (exit 0).
+    Verify { path: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -241,6 +251,35 @@ fn main() -> ExitCode {
         }
         Command::Generate(args) => block_on(generate(args)),
         Command::Registry { listen, data_dir } => block_on(registry::serve(listen, data_dir)),
+        Command::Archive(ArchiveCommand::Verify { path }) => verify_archive(&path),
+    }
+}
+
+fn verify_archive(path: &std::path::Path) -> ExitCode {
+    use strata_connectors::sinks::cold::archive;
+    match archive::verify(path) {
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(report) => match report.broken {
+            Some((manifest, seq, problem)) => {
+                eprintln!(
+                    "broken: {} entry {seq}: {problem} ({} files and {} records before it verified)",
+                    manifest.display(),
+                    report.files,
+                    report.records
+                );
+                ExitCode::FAILURE
+            }
+            None => {
+                println!(
+                    "ok: {} manifests, {} files, {} records; every hash chain and file checks out",
+                    report.manifests, report.files, report.records
+                );
+                ExitCode::SUCCESS
+            }
+        },
     }
 }
 

@@ -3,4 +3,5 @@
 pub mod batching;
 pub mod cold;
 pub mod hot;
+pub mod pg_store;
 pub mod warm;

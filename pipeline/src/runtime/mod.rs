@@ -5,11 +5,13 @@
 
 mod changelog;
 pub mod processor;
+pub mod sink;
 pub mod stream;
 
 pub use processor::{
     Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection, Timer,
 };
+pub use sink::{run_sink, Rejected, Sink, SinkError, SinkRecord, SinkSpec};
 pub use stream::{run_processor, ProcessorEnv, ProcessorSpec};
 
 use std::net::SocketAddr;
@@ -91,6 +93,56 @@ pub fn processor_spec(
     component: &Component,
     starter: &dyn Starter,
 ) -> ProcessorSpec {
+    let inputs = input_topics(topology, component, starter);
+    let mut outputs = std::collections::HashMap::new();
+    outputs.insert(None, topology.output_topic(&component.name, None));
+    for port in &component.ports {
+        outputs.insert(
+            Some(port.clone()),
+            topology.output_topic(&component.name, Some(port)),
+        );
+    }
+    ProcessorSpec {
+        component: component.name.clone(),
+        group_id: group_id(topology, component),
+        inputs,
+        outputs,
+        changelog: format!("{}.{}.changelog", topology.region, component.name),
+        dead_letter: topology.dead_letter_topic(),
+        state_dir: topology.state.dir.join(&component.name),
+        state_cache_bytes: topology.state.cache_size.0 as usize,
+        partitions: topology.topics.partitions,
+        changelog_replication_factor: topology.state.changelog_replication_factor,
+        max_batch: 1000,
+        max_batch_wait: std::time::Duration::from_millis(20),
+    }
+}
+
+/// Where sink `component` reads: group `strata.<region>.<name>`, batches of at most
+/// `max_rows` records gathered for at most `max_wait`.
+pub fn sink_spec(
+    topology: &Topology,
+    component: &Component,
+    starter: &dyn Starter,
+    max_rows: usize,
+    max_wait: std::time::Duration,
+) -> SinkSpec {
+    SinkSpec {
+        component: component.name.clone(),
+        group_id: group_id(topology, component),
+        inputs: input_topics(topology, component, starter),
+        dead_letter: topology.dead_letter_topic(),
+        max_rows,
+        max_wait,
+    }
+}
+
+fn group_id(topology: &Topology, component: &Component) -> String {
+    format!("strata.{}.{}", topology.region, component.name)
+}
+
+/// The Kafka topics behind a component's inputs.
+fn input_topics(topology: &Topology, component: &Component, starter: &dyn Starter) -> Vec<String> {
     let mut inputs = Vec::new();
     for input in &component.inputs {
         match input {
@@ -105,28 +157,7 @@ pub fn processor_spec(
     }
     inputs.sort();
     inputs.dedup();
-    let mut outputs = std::collections::HashMap::new();
-    outputs.insert(None, topology.output_topic(&component.name, None));
-    for port in &component.ports {
-        outputs.insert(
-            Some(port.clone()),
-            topology.output_topic(&component.name, Some(port)),
-        );
-    }
-    ProcessorSpec {
-        component: component.name.clone(),
-        group_id: format!("strata.{}.{}", topology.region, component.name),
-        inputs,
-        outputs,
-        changelog: format!("{}.{}.changelog", topology.region, component.name),
-        dead_letter: topology.dead_letter_topic(),
-        state_dir: topology.state.dir.join(&component.name),
-        state_cache_bytes: topology.state.cache_size.0 as usize,
-        partitions: topology.topics.partitions,
-        changelog_replication_factor: topology.state.changelog_replication_factor,
-        max_batch: 1000,
-        max_batch_wait: std::time::Duration::from_millis(20),
-    }
+    inputs
 }
 
 /// The topics a topology writes besides its sources' own: processor outputs and dead letters.

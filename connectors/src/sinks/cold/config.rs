@@ -15,6 +15,17 @@ pub struct ColdSinkConfig {
     /// …or when it has been open this long.
     #[serde(default = "default_roll")]
     pub roll_interval: Duration,
+    /// PostgreSQL stores that claims move out of: each claim row archived here is then
+    /// deleted from them.
+    #[serde(default)]
+    pub evict_from: Vec<EvictTarget>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvictTarget {
+    pub connection: crate::pg_connection::PgConnection,
+    pub schema: String,
 }
 
 fn default_file_size() -> Size {

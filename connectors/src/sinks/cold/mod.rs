@@ -1,8 +1,11 @@
 //! Cold archive (on-prem): Avro container files with a SHA-256 hash-chained manifest.
 
+pub mod archive;
 mod config;
+mod sink;
 
-pub use config::ColdSinkConfig;
+pub use config::{ColdSinkConfig, EvictTarget};
+pub use sink::ColdSink;
 
 use strata_pipeline::topology::{Ports, Role, TypedKind};
 

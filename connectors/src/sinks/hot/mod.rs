@@ -15,3 +15,14 @@ pub fn kind() -> TypedKind<HotSinkConfig> {
         check: HotSinkConfig::check,
     }
 }
+
+/// The hot store: plain tables, upserts guarded by position.
+pub fn store(config: &HotSinkConfig) -> crate::sinks::pg_store::PgStore {
+    crate::sinks::pg_store::PgStore::new(
+        config.connection.clone(),
+        config.schema.clone(),
+        false,
+        0,
+        None,
+    )
+}

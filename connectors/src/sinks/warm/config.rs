@@ -15,6 +15,10 @@ pub struct WarmSinkConfig {
     pub partitions_ahead: u32,
     #[serde(default)]
     pub batching: Batching,
+    /// Schema (same database) of the hotter store that claims move out of: each claim row
+    /// written here is then deleted there, in the same transaction.
+    #[serde(default)]
+    pub evict_from: Option<String>,
 }
 
 fn default_schema() -> String {

@@ -15,3 +15,14 @@ pub fn kind() -> TypedKind<WarmSinkConfig> {
         check: WarmSinkConfig::check,
     }
 }
+
+/// The warm store: claims and lines partitioned by month of their service date.
+pub fn store(config: &WarmSinkConfig) -> crate::sinks::pg_store::PgStore {
+    crate::sinks::pg_store::PgStore::new(
+        config.connection.clone(),
+        config.schema.clone(),
+        true,
+        config.partitions_ahead,
+        config.evict_from.clone(),
+    )
+}

@@ -4,8 +4,8 @@
 //! State per claim row: its tier, its latest envelope and key (as cells, with their schema
 //! ids) and its latest analysis. A timer at the next boundary (age field + `hot_max_age`,
 //! then + `warm_max_age`) moves it on when the watermark passes, so a replay moves rows at
-//! the same points. A move emits the row to the new tier, then a delete to the old one,
-//! then a `TierMove` record; the sinks apply them in that order.
+//! the same points. A move emits the row to the new tier and a `TierMove` record; the
+//! new tier's sink removes the row from the old store after writing it.
 
 use std::sync::Arc;
 
@@ -26,7 +26,8 @@ const WAITING: &str = "waiting_analysis";
 const STRING_KEY: &str = r#""string""#;
 const DAY_MS: i64 = 86_400_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Tiers from hottest to coldest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Tier {
     Hot,
     Warm,
@@ -186,15 +187,20 @@ impl Tiering {
         let envelope = Value::from(&e.envelope);
         self.emit_row(ctx, to, e, &envelope);
         self.emit_analysis(ctx, to, e);
-        let delete = rewrite(
-            &envelope,
-            &[
-                ("before", record_field_raw(&envelope, "after").map(unwrap)),
-                ("after", None),
-                ("op", Some(Value::String("d".into()))),
-            ],
-        );
-        self.emit_row(ctx, e.tier, e, &delete);
+        // Moving on (colder): the new tier's sink evicts the row from the old store once it
+        // has it, so the claim is never in neither. Moving back (a corrected date) is rare
+        // and has no such sink: the old tier gets a delete.
+        if to < e.tier {
+            let delete = rewrite(
+                &envelope,
+                &[
+                    ("before", record_field_raw(&envelope, "after").map(unwrap)),
+                    ("after", None),
+                    ("op", Some(Value::String("d".into()))),
+                ],
+            );
+            self.emit_row(ctx, e.tier, e, &delete);
+        }
         let key_text = serde_json::to_string(&e.key).unwrap_or_default();
         let record = Value::Record(vec![
             (

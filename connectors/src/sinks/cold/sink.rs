@@ -1,0 +1,162 @@
+//! The cold archive as a [`Sink`]: each batch becomes container files in offset order
+//! (a new file whenever the writer schema changes), then moved claims are evicted from
+//! the warmer stores.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use apache_avro::types::Value;
+use futures::future::BoxFuture;
+use strata_pipeline::avro::Codec;
+use strata_pipeline::runtime::processor::record_field;
+use strata_pipeline::runtime::{Rejected, Sink, SinkError, SinkRecord};
+
+use super::archive::{self, FileBatch};
+use super::config::ColdSinkConfig;
+use crate::sinks::pg_store::PgStore;
+
+pub struct ColdSink {
+    root: PathBuf,
+    codec: Arc<Codec>,
+    schemas: HashMap<u32, &'static apache_avro::Schema>,
+    /// Last archived offset per input partition (from the manifests).
+    archived: BTreeMap<i32, i64>,
+    evict: Vec<PgStore>,
+}
+
+impl ColdSink {
+    pub fn new(config: &ColdSinkConfig, codec: Arc<Codec>) -> Self {
+        Self {
+            root: config.path.clone(),
+            codec,
+            schemas: HashMap::new(),
+            archived: BTreeMap::new(),
+            evict: config
+                .evict_from
+                .iter()
+                .map(|t| {
+                    PgStore::new(
+                        t.connection.clone(),
+                        t.schema.clone(),
+                        t.schema.contains("warm"),
+                        0,
+                        None,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    async fn schema(&mut self, id: u32) -> Result<&'static apache_avro::Schema, SinkError> {
+        if let Some(s) = self.schemas.get(&id) {
+            return Ok(s);
+        }
+        let text = self
+            .codec
+            .registry()
+            .fetch(id)
+            .await
+            .map_err(|e| SinkError::Transient(e.to_string()))?;
+        let schema = apache_avro::Schema::parse_str(&text)
+            .map_err(|e| SinkError::Fatal(format!("schema {id} is not valid Avro: {e}")))?;
+        // A handful per deployment, kept for the process's life like the codec's.
+        let schema: &'static apache_avro::Schema = Box::leak(Box::new(schema));
+        self.schemas.insert(id, schema);
+        Ok(schema)
+    }
+
+    async fn write_batch(&mut self, records: &[SinkRecord]) -> Result<Vec<Rejected>, SinkError> {
+        let mut by_partition: BTreeMap<i32, Vec<&SinkRecord>> = BTreeMap::new();
+        for r in records {
+            if r.value.is_some()
+                && self
+                    .archived
+                    .get(&r.partition)
+                    .is_none_or(|last| r.offset > *last)
+            {
+                by_partition.entry(r.partition).or_default().push(r);
+            }
+        }
+        for (partition, mut list) in by_partition {
+            list.sort_by_key(|r| r.offset);
+            // Runs of one schema, in offset order.
+            let mut start = 0;
+            while start < list.len() {
+                let id = list[start].value_schema_id.unwrap_or_default();
+                let end = list[start..]
+                    .iter()
+                    .position(|r| r.value_schema_id.unwrap_or_default() != id)
+                    .map_or(list.len(), |n| start + n);
+                let run = &list[start..end];
+                let schema = self.schema(id).await?;
+                let position = |r: &SinkRecord| {
+                    let v = r.value.as_ref()?;
+                    let source = record_field(v, "source")?;
+                    match record_field(source, "position")? {
+                        Value::String(s) => Some(s.clone()),
+                        _ => None,
+                    }
+                };
+                let ts = run
+                    .first()
+                    .and_then(|r| r.value.as_ref())
+                    .and_then(|v| record_field(v, "source"))
+                    .and_then(|s| match record_field(s, "ts_ms") {
+                        Some(Value::Long(ms)) => Some(*ms),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+                let date = chrono::DateTime::from_timestamp_millis(ts)
+                    .unwrap_or_default()
+                    .format("%Y-%m-%d")
+                    .to_string();
+                let batch = FileBatch {
+                    date,
+                    partition,
+                    schema_id: id,
+                    schema,
+                    records: run.iter().filter_map(|r| r.value.clone()).collect(),
+                    first_offset: run[0].offset,
+                    last_offset: run[run.len() - 1].offset,
+                    first_position: position(run[0]),
+                    last_position: position(run[run.len() - 1]),
+                };
+                let root = self.root.clone();
+                let entry = tokio::task::spawn_blocking(move || archive::append(&root, batch))
+                    .await
+                    .map_err(|e| SinkError::Fatal(e.to_string()))?
+                    .map_err(|e| SinkError::Transient(e.to_string()))?;
+                self.archived.insert(partition, entry.last_offset);
+                start = end;
+            }
+        }
+        for store in &mut self.evict {
+            store.evict(records).await?;
+        }
+        Ok(Vec::new())
+    }
+}
+
+impl Sink for ColdSink {
+    fn open(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            std::fs::create_dir_all(&self.root).map_err(|e| {
+                SinkError::Transient(format!("creating {}: {e}", self.root.display()))
+            })?;
+            self.archived = archive::archived_offsets(&self.root)
+                .map_err(|e| SinkError::Fatal(e.to_string()))?;
+            for store in &mut self.evict {
+                store.open().await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        records: &'a [SinkRecord],
+    ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>> {
+        Box::pin(self.write_batch(records))
+    }
+}

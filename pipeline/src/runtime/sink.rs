@@ -1,0 +1,307 @@
+//! The [`Sink`] trait and the loop that feeds one: a consumer group over the sink's
+//! inputs, batches by size and time, retries with backoff, offsets committed only after
+//! the store has the batch.
+//!
+//! Contract of a sink:
+//! - **At-least-once input, exactly-once contents.** A batch may be written again after a
+//!   crash or a retry; writing it twice must leave the store as writing it once (upserts
+//!   guarded by position, files named by their position range).
+//! - **Order.** Records of one input partition arrive in offset order, and a batch is
+//!   written before the next one starts; a sink may reorder within a batch only where the
+//!   position guard makes the order irrelevant.
+//! - **Errors.** [`SinkError::Transient`] (store down, disk full) is retried with backoff
+//!   for as long as it lasts, holding back the input (back-pressure, nothing dropped).
+//!   A record the store can never take is returned as a [`Rejected`] and goes to the
+//!   dead-letter topic; the rest of the batch is written.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use futures::future::BoxFuture;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::RuntimeError;
+use crate::avro::Codec;
+use crate::kafka;
+use crate::ops::metrics::Metrics;
+use crate::ops::shutdown::CancellationToken;
+use crate::topology::KafkaSettings;
+
+/// One decoded input record.
+#[derive(Debug, Clone)]
+pub struct SinkRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Value>,
+    /// `None` for a tombstone.
+    pub value: Option<Value>,
+    /// Registry id of the value's writer schema.
+    pub value_schema_id: Option<u32>,
+}
+
+/// A record the store refused for good.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Index in the batch.
+    pub index: usize,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying: the store is unreachable, busy or out of space.
+    #[error("{0}")]
+    Transient(String),
+    /// The sink cannot go on (bad settings, a schema it cannot create).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+pub trait Sink: Send {
+    /// Prepares the store (migrations, directories); called once before the first batch
+    /// and again after a transient failure of it.
+    fn open(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
+
+    /// Writes `records` idempotently; returns the records refused for good.
+    fn write<'a>(
+        &'a mut self,
+        records: &'a [SinkRecord],
+    ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    pub component: String,
+    pub group_id: String,
+    pub inputs: Vec<String>,
+    pub dead_letter: String,
+    pub max_rows: usize,
+    pub max_wait: Duration,
+}
+
+/// Runs `sink` until `shutdown`; the batch in hand is finished first.
+pub async fn run_sink(
+    spec: SinkSpec,
+    kafka_settings: KafkaSettings,
+    codec: std::sync::Arc<Codec>,
+    metrics: Metrics,
+    mut sink: Box<dyn Sink>,
+    shutdown: CancellationToken,
+) -> Result<(), RuntimeError> {
+    let mut config = kafka::client_config(&kafka_settings);
+    config
+        .set("group.id", &spec.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("topic.metadata.refresh.interval.ms", "5000");
+    let kafka_error = |what: &str| {
+        let what = what.to_string();
+        move |source| RuntimeError::KafkaIo { what, source }
+    };
+    let consumer: StreamConsumer = config
+        .create()
+        .map_err(kafka_error("creating the consumer"))?;
+    let inputs: Vec<&str> = spec.inputs.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&inputs)
+        .map_err(kafka_error("subscribing"))?;
+    let producer: FutureProducer = kafka::producer(&kafka_settings)?;
+    let write_seconds = metrics
+        .sink_write_seconds
+        .with_label_values(&[&spec.component]);
+    let (events_in, dead) = (
+        metrics.events_in.with_label_values(&[&spec.component]),
+        metrics.dead_letters.with_label_values(&[&spec.component]),
+    );
+    let events_out = metrics.events_out.with_label_values(&[&spec.component]);
+    let mut backoff = Backoff::new(&shutdown, &spec.component);
+    while let Err(e) = sink.open().await {
+        backoff.after(e).await?;
+    }
+    tracing::info!(component = %spec.component, inputs = ?spec.inputs, "sink started");
+
+    loop {
+        let first = tokio::select! {
+            m = consumer.recv() => m,
+            _ = shutdown.cancelled() => break,
+        };
+        let mut messages: Vec<OwnedMessage> = Vec::new();
+        match first {
+            Ok(m) => messages.push(m.detach()),
+            Err(e) => {
+                tracing::warn!(component = %spec.component, error = %e, "consumer error; librdkafka retries");
+                continue;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + spec.max_wait;
+        while messages.len() < spec.max_rows {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(m)) => messages.push(m.detach()),
+                Ok(Err(e)) => {
+                    tracing::warn!(component = %spec.component, error = %e, "consumer error")
+                }
+                Err(_) => break,
+            }
+        }
+        events_in.inc_by(messages.len() as u64);
+
+        let mut records = Vec::with_capacity(messages.len());
+        let mut undecodable = Vec::new();
+        for m in &messages {
+            match (
+                decode(&codec, m.key()).await,
+                decode(&codec, m.payload()).await,
+            ) {
+                (Ok(key), Ok(value)) => records.push(SinkRecord {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: key.map(|(_, k)| k),
+                    value_schema_id: value.as_ref().map(|(id, _)| *id),
+                    value: value.map(|(_, v)| v),
+                }),
+                (Err(e), _) | (_, Err(e)) if e.is_transient() => return Err(e.into()),
+                (Err(e), _) | (_, Err(e)) => undecodable.push((m, e.code(), e.to_string())),
+            }
+        }
+        let started = Instant::now();
+        let mut backoff = Backoff::new(&shutdown, &spec.component);
+        let rejected = loop {
+            match sink.write(&records).await {
+                Ok(rejected) => break rejected,
+                Err(e) => backoff.after(e).await?,
+            }
+        };
+        write_seconds.observe(started.elapsed().as_secs_f64());
+        events_out.inc_by((records.len() - rejected.len()) as u64);
+
+        let by_offset: HashMap<(&str, i32, i64), &OwnedMessage> = messages
+            .iter()
+            .map(|m| ((m.topic(), m.partition(), m.offset()), m))
+            .collect();
+        let mut letters = Vec::new();
+        for r in &rejected {
+            let rec = &records[r.index];
+            if let Some(m) = by_offset.get(&(rec.topic.as_str(), rec.partition, rec.offset)) {
+                letters.push((*m, r.code, r.message.clone()));
+            }
+        }
+        letters.extend(undecodable);
+        for (m, code, message) in letters {
+            tracing::warn!(component = %spec.component, topic = m.topic(), partition = m.partition(), offset = m.offset(), code, error = %message, "dead-lettered");
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "strata.component",
+                    value: Some(&spec.component),
+                })
+                .insert(Header {
+                    key: "strata.error.code",
+                    value: Some(code),
+                })
+                .insert(Header {
+                    key: "strata.error",
+                    value: Some(&message),
+                })
+                .insert(Header {
+                    key: "strata.input.topic",
+                    value: Some(m.topic()),
+                })
+                .insert(Header {
+                    key: "strata.input.partition",
+                    value: Some(&m.partition().to_string()),
+                })
+                .insert(Header {
+                    key: "strata.input.offset",
+                    value: Some(&m.offset().to_string()),
+                });
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&spec.dead_letter).headers(headers);
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            if let Some(v) = m.payload() {
+                record = record.payload(v);
+            }
+            producer
+                .send(record, Duration::from_secs(60))
+                .await
+                .map_err(|(source, _)| RuntimeError::KafkaIo {
+                    what: format!("writing to {}", spec.dead_letter),
+                    source,
+                })?;
+            dead.inc();
+        }
+
+        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+        for m in &messages {
+            let e = next.entry((m.topic(), m.partition())).or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, p), offset) in next {
+            tpl.add_partition_offset(topic, p, Offset::Offset(offset))
+                .map_err(kafka_error("building the offset commit"))?;
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(component = %spec.component, error = %e, "offset commit failed; the batch may be written again, harmlessly");
+        }
+    }
+    tracing::info!(component = %spec.component, "sink drained");
+    Ok(())
+}
+
+async fn decode(
+    codec: &Codec,
+    bytes: Option<&[u8]>,
+) -> Result<Option<(u32, Value)>, crate::avro::CodecError> {
+    match bytes {
+        Some(b) => codec.decode(b).await.map(|d| Some((d.id, d.value))),
+        None => Ok(None),
+    }
+}
+
+/// Waits between tries of a store that is unavailable: 200 ms doubling up to 30 s.
+struct Backoff<'a> {
+    next: Duration,
+    shutdown: &'a CancellationToken,
+    component: &'a str,
+}
+
+impl<'a> Backoff<'a> {
+    fn new(shutdown: &'a CancellationToken, component: &'a str) -> Self {
+        Self {
+            next: Duration::from_millis(200),
+            shutdown,
+            component,
+        }
+    }
+
+    /// Ok(()) to try again; an error for a fatal failure or when shutdown interrupts.
+    async fn after(&mut self, error: SinkError) -> Result<(), RuntimeError> {
+        let message = match error {
+            SinkError::Fatal(message) => {
+                return Err(RuntimeError::Component {
+                    component: self.component.into(),
+                    message,
+                })
+            }
+            SinkError::Transient(message) => message,
+        };
+        tracing::warn!(component = %self.component, error = %message, retry_in = ?self.next, "store unavailable; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(self.next) => {}
+            _ = self.shutdown.cancelled() => return Err(RuntimeError::Component {
+                component: self.component.into(),
+                message: format!("stopped while the store was unavailable: {message}"),
+            }),
+        }
+        self.next = (self.next * 2).min(Duration::from_secs(30));
+        Ok(())
+    }
+}
