@@ -1,0 +1,246 @@
+//! The quickstart topology end to end, in a bounded mode: a generated claims database is
+//! snapshotted and streamed through conflict resolution, analysis and tiering into the
+//! hot, warm and cold stores, which must then hold exactly the source's claims — each in
+//! one tier, with the source's values — also after updates and deletes at the source.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use sqlx::{Connection, PgConnection};
+use strata_pipeline::runtime::processor::record_field;
+
+const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// claim_id → status of every claim row in `schema.claims`.
+async fn claims(url: &str, schema: &str) -> BTreeMap<i64, String> {
+    let mut c = PgConnection::connect(url).await.expect("connect");
+    sqlx::query_as::<_, (i64, Option<String>)>(&format!(
+        "SELECT claim_id, status FROM {schema}.claims"
+    ))
+    .fetch_all(&mut c)
+    .await
+    .unwrap_or_default()
+    .into_iter()
+    .map(|(id, s)| (id, s.unwrap_or_default()))
+    .collect()
+}
+
+/// Claim ids whose latest archived change is not a delete.
+fn archived_claims(root: &Path) -> BTreeSet<i64> {
+    let mut latest: BTreeMap<i64, (String, bool)> = BTreeMap::new();
+    let Ok(days) = std::fs::read_dir(root) else {
+        return BTreeSet::new();
+    };
+    for day in days.flatten().filter(|d| d.path().is_dir()) {
+        for file in std::fs::read_dir(day.path()).unwrap().flatten() {
+            if file.path().extension().is_none_or(|e| e != "avro") {
+                continue;
+            }
+            let bytes = std::fs::read(file.path()).unwrap();
+            let Ok(reader) = apache_avro::Reader::new(&bytes[..]) else {
+                continue;
+            };
+            for value in reader.flatten() {
+                let Some(source) = record_field(&value, "source") else {
+                    continue;
+                };
+                if record_field(source, "table") != Some(&Value::String("claims".into())) {
+                    continue;
+                }
+                let position = match record_field(source, "position") {
+                    Some(Value::String(p)) => p.clone(),
+                    _ => continue,
+                };
+                let deleted = record_field(&value, "op") == Some(&Value::String("d".into()));
+                let row = record_field(&value, "after").or_else(|| record_field(&value, "before"));
+                let Some(Value::Long(id)) = row.and_then(|r| record_field(r, "claim_id")) else {
+                    continue;
+                };
+                let e = latest.entry(*id).or_insert((position.clone(), deleted));
+                if position >= e.0 {
+                    *e = (position, deleted);
+                }
+            }
+        }
+    }
+    latest
+        .into_iter()
+        .filter(|(_, (_, deleted))| !deleted)
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Where the stores disagree with the source, or `None` when they match.
+async fn mismatch(url: &str, archive: &Path) -> Option<String> {
+    let source = claims(url, "public").await;
+    let hot = claims(url, "hot").await;
+    let warm = claims(url, "warm").await;
+    let cold = archived_claims(archive);
+    if let Some(id) = hot.keys().find(|id| warm.contains_key(id)) {
+        return Some(format!("claim {id} is both hot and warm"));
+    }
+    for (tier, rows) in [("hot", &hot), ("warm", &warm)] {
+        for (id, status) in rows {
+            match source.get(id) {
+                None => return Some(format!("{tier} has claim {id}, which the source deleted")),
+                Some(s) if s != status => {
+                    return Some(format!(
+                        "{tier} claim {id} is {status}, the source says {s}"
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    let stored: BTreeSet<i64> = hot.keys().chain(warm.keys()).copied().collect();
+    let missing: Vec<_> = source
+        .keys()
+        .filter(|id| !stored.contains(id) && !cold.contains(id))
+        .take(5)
+        .collect();
+    if !missing.is_empty() {
+        return Some(format!(
+            "{} of {} source claims in no store yet (e.g. {missing:?}); hot {}, warm {}, cold {}",
+            source
+                .keys()
+                .filter(|id| !stored.contains(id) && !cold.contains(id))
+                .count(),
+            source.len(),
+            hot.len(),
+            warm.len(),
+            cold.len()
+        ));
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_stores_match_the_source() {
+    let (url, mut db) = support::fresh_db("quickstart").await;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = support::start_registry(&dir.path().join("registry")).await;
+    let generated = Command::new(STRATA)
+        .args([
+            "generate",
+            "--url",
+            &url,
+            "--members",
+            "300",
+            "--providers",
+            "40",
+        ])
+        .args(["--claims", "3000", "--seed", "7"])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{generated:?}");
+
+    let region = format!("qs{}", std::process::id());
+    let slot = format!("strata_{region}");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let log_path = dir.path().join("strata.log");
+    let mut child = Command::new(STRATA)
+        .args(["run", "topologies/quickstart.yaml", "--listen", &listen])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("STRATA_PG_URL", &url)
+        .env("STRATA_REGION", &region)
+        .env("STRATA_SLOT", &slot)
+        .env("STRATA_HOME", dir.path())
+        .env("STRATA_SCHEMA_REGISTRY_URL", &registry.url)
+        .env("STRATA_KAFKA_BROKERS", support::kafka_brokers())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("strata starts");
+    let archive = dir.path().join("archive").join(&region);
+    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    let wait_until_consistent = |what: &'static str| {
+        let (url, archive, log_path) = (url.clone(), archive.clone(), log_path.clone());
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+            loop {
+                let Some(last) = mismatch(&url, &archive).await else {
+                    return;
+                };
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{what}: stores never matched the source; last: {last}\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    wait_until_consistent("after the snapshot").await;
+
+    // Changes at the source flow through: a status update, a delete.
+    let hot = claims(&url, "hot").await;
+    let (updated, deleted) = {
+        let mut ids = hot.keys();
+        (
+            *ids.next().expect("some hot claims"),
+            *ids.next().expect("two hot claims"),
+        )
+    };
+    sqlx::query(
+        "UPDATE public.claims SET status = 'DENIED', updated_at = now() WHERE claim_id = $1",
+    )
+    .bind(updated)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM public.claims WHERE claim_id = $1")
+        .bind(deleted)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    wait_until_consistent("after an update and a delete").await;
+    let hot = claims(&url, "hot").await;
+    assert_eq!(hot.get(&updated).map(String::as_str), Some("DENIED"));
+    assert!(!hot.contains_key(&deleted));
+
+    // Every claim has an analysis in the store of its tier.
+    let mut c = PgConnection::connect(&url).await.unwrap();
+    let unanalysed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM hot.claims c WHERE NOT EXISTS (SELECT 1 FROM hot.claim_analysis a WHERE a.claim_id = c.claim_id)",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(unanalysed, 0, "hot claims without their analysis");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit {exit:?}\n{}", logs());
+    let verify = Command::new(STRATA)
+        .args(["archive", "verify"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&slot)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    registry.shutdown().await;
+}
