@@ -413,3 +413,38 @@ async fn state_survives_restarts_and_moves_through_the_changelog() {
     assert!(distinct.contains("a@4000") && distinct.contains("c@4000"));
     registry.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_shares_the_work_and_takes_over_its_state() {
+    let registry_dir = tempfile::tempdir().unwrap();
+    let registry = start_registry(registry_dir.path()).await;
+    let f = Fixture::new(&registry.url).await;
+    let brokers = kafka_brokers();
+    let ticks = |member: &'static str, from: i64| -> Vec<(&'static str, i64, bool)> {
+        (0..5).map(|i| (member, (from + i) * 100, false)).collect()
+    };
+    f.send_ticks(0, &ticks("a", 0)).await;
+    f.send_ticks(1, &ticks("c", 0)).await;
+
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (stop_a, task_a) = f.start(dir_a.path());
+    read_at_least(&f.codec, &brokers, &f.output, 10).await;
+
+    // B joins the group: the partitions are shared, and the results stay those of one instance.
+    let (stop_b, task_b) = f.start(dir_b.path());
+    f.send_ticks(0, &ticks("a", 5)).await;
+    f.send_ticks(1, &ticks("c", 5)).await;
+    let out = read_at_least(&f.codec, &brokers, &f.output, 20).await;
+    assert_eq!(counts(&out), BTreeMap::from([("a".into(), 10), ("c".into(), 10)]));
+
+    // A leaves: B owns both partitions, with the state A built, restored from the changelog.
+    stop_a.cancel();
+    task_a.await.unwrap().expect("A drains");
+    f.send_ticks(0, &ticks("a", 10)).await;
+    f.send_ticks(1, &ticks("c", 10)).await;
+    let out = read_at_least(&f.codec, &brokers, &f.output, 30).await;
+    assert_eq!(counts(&out), BTreeMap::from([("a".into(), 15), ("c".into(), 15)]));
+    stop_b.cancel();
+    task_b.await.unwrap().expect("B drains");
+    registry.shutdown().await;
+}

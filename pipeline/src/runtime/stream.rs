@@ -122,6 +122,9 @@ fn offset_key(topic: &str) -> Vec<u8> {
 
 const WATERMARK_KEY: &[u8] = b"watermark";
 
+/// A record's decoded key and value, each with its schema id.
+type DecodedPair = Result<(Option<(u32, Value)>, Option<(u32, Value)>), CodecError>;
+
 struct Loop {
     spec: ProcessorSpec,
     env: ProcessorEnv,
@@ -347,23 +350,48 @@ impl Loop {
         }
     }
 
+    /// Restores the partitions `messages` need and decodes them (async: may call the
+    /// registry), then applies them with state reads off the async workers.
     async fn process(&mut self, messages: Vec<OwnedMessage>) -> Result<Pending, RuntimeError> {
+        let mut decoded = Vec::with_capacity(messages.len());
+        for message in messages {
+            self.ensure_task(message.partition()).await?;
+            let kv = match self.decode(message.key()).await {
+                Ok(k) => self.decode(message.payload()).await.map(|v| (k, v)),
+                Err(e) => Err(e),
+            };
+            let kv = match kv {
+                Err(e) if e.is_transient() => return Err(e.into()),
+                other => other,
+            };
+            decoded.push((message, kv));
+        }
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => self.apply(decoded),
+            _ => tokio::task::block_in_place(|| self.apply(decoded)),
+        }
+    }
+
+    fn apply(
+        &mut self,
+        decoded: Vec<(OwnedMessage, DecodedPair)>,
+    ) -> Result<Pending, RuntimeError> {
         let mut pending = Pending::default();
         let in_counter = self
             .env
             .metrics
             .events_in
             .with_label_values(&[&self.spec.component]);
-        for message in messages {
+        for (message, kv) in decoded {
             let (topic, p, offset) = (
                 message.topic().to_string(),
                 message.partition(),
                 message.offset(),
             );
-            self.ensure_task(p).await?;
-            let applied = self.tasks[&p]
-                .next_offsets
-                .get(&topic)
+            let applied = self
+                .tasks
+                .get(&p)
+                .and_then(|t| t.next_offsets.get(&topic))
                 .copied()
                 .unwrap_or(0);
             pending.consumed.insert((topic.clone(), p), offset + 1);
@@ -379,13 +407,8 @@ impl Loop {
             if let Some(task) = self.tasks.get_mut(&p) {
                 task.next_offsets.insert(topic.clone(), offset + 1);
             }
-            let decoded = match self.decode(message.key()).await {
-                Ok(k) => self.decode(message.payload()).await.map(|v| (k, v)),
-                Err(e) => Err(e),
-            };
-            let (key, value) = match decoded {
+            let (key, value) = match kv {
                 Ok(kv) => kv,
-                Err(e) if e.is_transient() => return Err(e.into()),
                 Err(e) => {
                     pending.dead_letters.push(DeadLetter {
                         code: e.code().into(),
@@ -406,7 +429,7 @@ impl Loop {
                 value_schema_id: value.as_ref().map(|(id, _)| *id),
             };
             let event_time = self.processor.event_time(&event);
-            let watermark = self.tasks[&p].watermark_ms;
+            let watermark = self.tasks.get(&p).map_or(i64::MIN, |t| t.watermark_ms);
             let mut ctx = Context::new(p, self.store.as_ref(), &pending.overlay, watermark);
             match self.processor.process(&event, &mut ctx) {
                 Ok(()) => {
