@@ -435,7 +435,10 @@ async fn a_second_instance_shares_the_work_and_takes_over_its_state() {
     f.send_ticks(0, &ticks("a", 5)).await;
     f.send_ticks(1, &ticks("c", 5)).await;
     let out = read_at_least(&f.codec, &brokers, &f.output, 20).await;
-    assert_eq!(counts(&out), BTreeMap::from([("a".into(), 10), ("c".into(), 10)]));
+    assert_eq!(
+        counts(&out),
+        BTreeMap::from([("a".into(), 10), ("c".into(), 10)])
+    );
 
     // A leaves: B owns both partitions, with the state A built, restored from the changelog.
     stop_a.cancel();
@@ -443,7 +446,10 @@ async fn a_second_instance_shares_the_work_and_takes_over_its_state() {
     f.send_ticks(0, &ticks("a", 10)).await;
     f.send_ticks(1, &ticks("c", 10)).await;
     let out = read_at_least(&f.codec, &brokers, &f.output, 30).await;
-    assert_eq!(counts(&out), BTreeMap::from([("a".into(), 15), ("c".into(), 15)]));
+    assert_eq!(
+        counts(&out),
+        BTreeMap::from([("a".into(), 15), ("c".into(), 15)])
+    );
     stop_b.cancel();
     task_b.await.unwrap().expect("B drains");
     registry.shutdown().await;
