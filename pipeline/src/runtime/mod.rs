@@ -4,6 +4,7 @@
 //! Processors run on [`stream::run_processor`]; their contract is in [`processor`].
 
 mod changelog;
+pub mod harness;
 pub mod processor;
 pub mod sink;
 pub mod stream;

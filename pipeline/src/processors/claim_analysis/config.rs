@@ -18,7 +18,8 @@ pub struct ClaimAnalysisConfig {
     /// Claims per provider within `velocity_window` above which velocity is a reason.
     #[serde(default = "default_provider_velocity")]
     pub provider_velocity_limit: u32,
-    /// Robust z-score (median/MAD) above which an amount is an outlier.
+    /// z-score of ln(amount) against the provider's running history above which an amount
+    /// is an outlier.
     #[serde(default = "default_outlier_z")]
     pub outlier_z: f64,
     #[serde(default)]
@@ -56,7 +57,7 @@ fn default_provider_velocity() -> u32 {
     200
 }
 fn default_outlier_z() -> f64 {
-    4.0
+    3.0
 }
 
 impl ClaimAnalysisConfig {

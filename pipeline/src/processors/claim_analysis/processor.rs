@@ -395,23 +395,39 @@ impl ClaimAnalysis {
         );
 
         // Member velocity: more than the limit within the window flags the whole burst.
+        // Claims are indexed by (member, service day), so claims arriving out of date
+        // order are counted against the right days.
         let velocity_days = self.days(&self.config.velocity_window);
-        let member_key = claim.member.to_be_bytes();
-        let mut days: Vec<(i32, i64)> = ctx
-            .get(MEMBER_DAYS, &member_key)?
+        let mut day_key = claim.member.to_be_bytes().to_vec();
+        day_key.extend_from_slice(&((claim.from as u32) ^ (1 << 31)).to_be_bytes());
+        let mut ids: Vec<i64> = ctx
+            .get(MEMBER_DAYS, &day_key)?
             .and_then(|b| decode_state(&b))
             .unwrap_or_default();
-        days.push((claim.from, claim.claim_id));
-        let newest = days.iter().map(|(d, _)| *d).max().unwrap_or(claim.from);
-        days.retain(|(d, _)| newest - d < velocity_days.max(window));
-        ctx.put(MEMBER_DAYS, &member_key, encode_state(&days));
-        let burst: Vec<i64> = days
-            .iter()
-            .filter(|(d, _)| (d - claim.from).abs() < velocity_days)
-            .map(|(_, id)| *id)
-            .collect();
-        if burst.len() > self.config.member_velocity_limit as usize {
-            for id in burst {
+        if !ids.contains(&claim.claim_id) {
+            ids.push(claim.claim_id);
+        }
+        ctx.put(MEMBER_DAYS, &day_key, encode_state(&ids));
+        let mut near: Vec<(i32, i64)> = Vec::new();
+        for (key, value) in ctx.scan_prefix(MEMBER_DAYS, &claim.member.to_be_bytes())? {
+            let Some(day) = key
+                .get(8..12)
+                .and_then(|b| b.try_into().ok())
+                .map(|b| (u32::from_be_bytes(b) ^ (1 << 31)) as i32)
+            else {
+                continue;
+            };
+            if (day - claim.from).abs() < velocity_days {
+                near.extend(
+                    decode_state::<Vec<i64>>(&value)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|id| (day, id)),
+                );
+            }
+        }
+        if near.len() > self.config.member_velocity_limit as usize {
+            for (_, id) in &near {
                 let Some(mut other) = ctx
                     .get(CLAIMS, &id.to_be_bytes())?
                     .and_then(|b| decode_state::<Claim>(&b))
@@ -421,13 +437,12 @@ impl ClaimAnalysis {
                 if other.reasons.iter().any(|r| r.code == "VELOCITY_MEMBER") {
                     continue;
                 }
-                let count = days
-                    .iter()
-                    .filter(|(d, _)| (d - other.from).abs() < velocity_days)
-                    .count();
                 other.reasons.push(reason(
                     "VELOCITY_MEMBER",
-                    format!("{count} claims of the member within {velocity_days} day(s)"),
+                    format!(
+                        "{} claims of the member within {velocity_days} day(s)",
+                        near.len()
+                    ),
                 ));
                 ctx.put(CLAIMS, &id.to_be_bytes(), encode_state(&other));
                 self.emit(

@@ -1,0 +1,85 @@
+//! Runs a [`Processor`] over events in memory, with the runtime's semantics (scratch
+//! discarded on rejection, watermark and timers per partition) but no Kafka or RocksDB:
+//! for processor tests and quality measurements.
+
+use super::processor::{
+    parse_timer_key, partition_key, timer_key, Context, Event, Output, Overlay, ProcessError,
+    Processor, LOCAL, POSITIONS, PROGRESS, TIMERS,
+};
+use crate::state::{Batch, MemoryStore, StateStore};
+
+pub struct Harness<P> {
+    pub processor: P,
+    store: MemoryStore,
+    watermarks: std::collections::HashMap<i32, i64>,
+}
+
+impl<P: Processor> Harness<P> {
+    pub fn new(processor: P) -> Self {
+        let mut stores = processor.stores();
+        stores.extend([POSITIONS, TIMERS, PROGRESS, LOCAL]);
+        Self {
+            store: MemoryStore::new(&stores),
+            processor,
+            watermarks: Default::default(),
+        }
+    }
+
+    fn commit(&self, overlay: Overlay) -> Result<(), ProcessError> {
+        let mut batch = Batch::default();
+        batch.ops = overlay.into_iter().map(|((s, k), v)| (s, k, v)).collect();
+        Ok(self.store.write(batch)?)
+    }
+
+    /// Processes one event and the timers it makes due; returns what they emitted.
+    pub fn feed(&mut self, event: &Event<'_>) -> Result<Vec<Output>, ProcessError> {
+        let p = event.partition;
+        let watermark = *self.watermarks.get(&p).unwrap_or(&i64::MIN);
+        let event_time = self.processor.event_time(event);
+        let overlay = Overlay::new();
+        let mut ctx = Context::new(p, &self.store, &overlay, watermark);
+        self.processor.process(event, &mut ctx)?;
+        let Context {
+            scratch,
+            mut outputs,
+            ..
+        } = ctx;
+        self.commit(scratch)?;
+        if event_time > watermark {
+            self.watermarks.insert(p, event_time);
+            let end = timer_key(p, event_time.saturating_add(1), b"");
+            loop {
+                let due = self
+                    .store
+                    .scan_range(TIMERS, &timer_key(p, i64::MIN, b""), &end, 1)?;
+                let Some((key, _)) = due.into_iter().next() else {
+                    break;
+                };
+                let mut done = Batch::default();
+                done.delete(TIMERS, key.clone());
+                self.store.write(done)?;
+                let Some(timer) = parse_timer_key(&key) else {
+                    continue;
+                };
+                let overlay = Overlay::new();
+                let mut ctx = Context::new(p, &self.store, &overlay, event_time);
+                self.processor.on_timer(&timer, &mut ctx)?;
+                let Context {
+                    scratch,
+                    outputs: fired,
+                    ..
+                } = ctx;
+                self.commit(scratch)?;
+                outputs.extend(fired);
+            }
+            let mut progress = Batch::default();
+            progress.put(
+                PROGRESS,
+                partition_key(p, b"watermark"),
+                event_time.to_be_bytes().to_vec(),
+            );
+            self.store.write(progress)?;
+        }
+        Ok(outputs)
+    }
+}
