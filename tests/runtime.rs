@@ -254,13 +254,11 @@ impl Fixture {
     }
 }
 
-/// Every record of `topic` once at least `n` are there: (decoded value or raw bytes, headers).
-async fn read_at_least(
-    codec: &Codec,
-    brokers: &str,
-    topic: &str,
-    n: usize,
-) -> Vec<(Option<Value>, Vec<u8>, BTreeMap<String, String>)> {
+/// A record read back: its decoded value (if Avro), raw payload and headers.
+type Read = (Option<Value>, Vec<u8>, BTreeMap<String, String>);
+
+/// Every record of `topic` once at least `n` are there.
+async fn read_at_least(codec: &Codec, brokers: &str, topic: &str, n: usize) -> Vec<Read> {
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
@@ -301,7 +299,7 @@ async fn read_at_least(
     out
 }
 
-fn counts(records: &[(Option<Value>, Vec<u8>, BTreeMap<String, String>)]) -> BTreeMap<String, i64> {
+fn counts(records: &[Read]) -> BTreeMap<String, i64> {
     let mut last = BTreeMap::new();
     let mut ids = HashSet::new();
     for (v, _, _) in records {
@@ -398,7 +396,7 @@ async fn state_survives_restarts_and_moves_through_the_changelog() {
     stop.cancel();
     task.await.unwrap().expect("drains cleanly");
 
-    let names = |records: &[(Option<Value>, Vec<u8>, BTreeMap<String, String>)]| {
+    let names = |records: &[Read]| {
         records
             .iter()
             .map(|(v, _, _)| string(record_field(v.as_ref().unwrap(), "member")))

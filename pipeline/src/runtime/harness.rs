@@ -26,8 +26,9 @@ impl<P: Processor> Harness<P> {
     }
 
     fn commit(&self, overlay: Overlay) -> Result<(), ProcessError> {
-        let mut batch = Batch::default();
-        batch.ops = overlay.into_iter().map(|((s, k), v)| (s, k, v)).collect();
+        let batch = Batch {
+            ops: overlay.into_iter().map(|((s, k), v)| (s, k, v)).collect(),
+        };
         Ok(self.store.write(batch)?)
     }
 
