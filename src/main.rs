@@ -127,8 +127,11 @@ struct GenerateArgs {
     #[arg(long)]
     today: Option<chrono::NaiveDate>,
     /// Empty the claims tables first.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     reset: bool,
+    /// Skip the backfill already written with the same options, and stream.
+    #[arg(long)]
+    resume: bool,
 }
 
 async fn generate(args: GenerateArgs) -> Result<(), String> {
@@ -158,9 +161,17 @@ async fn generate(args: GenerateArgs) -> Result<(), String> {
     let mut conn = generator::connect(&options)
         .await
         .map_err(|e| e.to_string())?;
-    let report = generator::generate(&mut conn, &config, args.reset)
-        .await
-        .map_err(|e| e.to_string())?;
+    let report = generator::generate(
+        &mut conn,
+        &config,
+        match (args.reset, args.resume) {
+            (true, _) => generator::Start::Reset,
+            (_, true) => generator::Start::Resume,
+            _ => generator::Start::Fresh,
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     println!(
         "wrote {} members, {} providers, {} policies, {} claims ({} lines, {} anomaly labels)",
         report.members,

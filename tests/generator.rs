@@ -5,7 +5,7 @@ mod support;
 
 use chrono::NaiveDate;
 use sqlx::{Executor, PgConnection};
-use strata_connectors::generator::{self, GenerateError, GeneratorConfig};
+use strata_connectors::generator::{self, GenerateError, GeneratorConfig, Start};
 use support::fresh_db;
 
 fn config() -> GeneratorConfig {
@@ -71,10 +71,10 @@ async fn columns_without_timestamps(conn: &mut PgConnection, table: &str) -> Str
 async fn same_seed_same_rows_and_labels_match() {
     let (_, mut a) = fresh_db("det_a").await;
     let (_, mut b) = fresh_db("det_b").await;
-    let report = generator::generate(&mut a, &config(), false)
+    let report = generator::generate(&mut a, &config(), Start::Fresh)
         .await
         .expect("generated");
-    generator::generate(&mut b, &config(), false)
+    generator::generate(&mut b, &config(), Start::Fresh)
         .await
         .expect("generated");
     assert_eq!(fingerprint(&mut a).await, fingerprint(&mut b).await);
@@ -125,12 +125,14 @@ async fn migrations_are_idempotent_and_refill_needs_reset() {
         stream_claims: 0,
         ..config()
     };
-    generator::generate(&mut conn, &small, false).await.unwrap();
-    let again = generator::generate(&mut conn, &small, false)
+    generator::generate(&mut conn, &small, Start::Fresh)
+        .await
+        .unwrap();
+    let again = generator::generate(&mut conn, &small, Start::Fresh)
         .await
         .unwrap_err();
     assert!(matches!(again, GenerateError::NotEmpty(_)), "{again}");
-    generator::generate(&mut conn, &small, true)
+    generator::generate(&mut conn, &small, Start::Reset)
         .await
         .expect("--reset empties first");
 }
@@ -141,7 +143,7 @@ async fn half_migrated_schema_is_reported_before_writing() {
     conn.execute("CREATE TABLE public.members (member_id bigint PRIMARY KEY)")
         .await
         .unwrap();
-    let err = generator::generate(&mut conn, &config(), false)
+    let err = generator::generate(&mut conn, &config(), Start::Fresh)
         .await
         .unwrap_err();
     match &err {
@@ -171,7 +173,7 @@ async fn bad_options_and_unreachable_database_are_clear() {
             rate: Some(0.0),
             ..config()
         },
-        false,
+        Start::Fresh,
     )
     .await
     .unwrap_err();
@@ -182,7 +184,7 @@ async fn bad_options_and_unreachable_database_are_clear() {
             anomaly_share: 2.0,
             ..config()
         },
-        false,
+        Start::Fresh,
     )
     .await
     .unwrap_err();

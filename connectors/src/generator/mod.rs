@@ -11,7 +11,7 @@ mod writer;
 
 pub use config::{ConfigError, GeneratorConfig};
 pub use writer::{
-    check_schema, connect, generate, migrate, GenerateError, Report, POSTGRES_MIGRATION,
+    check_schema, connect, generate, migrate, GenerateError, Report, Start, POSTGRES_MIGRATION,
 };
 
 #[cfg(test)]

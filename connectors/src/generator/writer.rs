@@ -106,6 +106,8 @@ pub enum GenerateError {
     Migrate(#[source] sqlx::Error),
     #[error("the claims schema is half-migrated; missing: {}. Drop the partial tables or fix them, then run again", .0.join(", "))]
     HalfMigrated(Vec<String>),
+    #[error("--resume needs the backfill of the same options: found {found} claims, the options make {expected}; pass the --claims, --seed, --years and --today of the backfill")]
+    CannotResume { found: i64, expected: u32 },
     #[error("the claims tables already hold {0} rows; run with --reset to empty them first (ids would collide)")]
     NotEmpty(i64),
     #[error("writing the workload failed: {0}")]
@@ -271,15 +273,27 @@ const COPY_LABELS: &str =
 /// Claims per COPY batch: bounds the memory of the backfill.
 const BATCH: usize = 5_000;
 
+/// How `generate` treats what the database already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The tables must be empty.
+    Fresh,
+    /// Empty the tables first.
+    Reset,
+    /// The backfill of the same config is already there: rebuild the generator's state
+    /// without writing, then stream (e.g. once a pipeline has snapshotted the backfill).
+    Resume,
+}
+
 /// Writes the workload described by `config` into the database at `conn`.
 pub async fn generate(
     conn: &mut PgConnection,
     config: &GeneratorConfig,
-    reset: bool,
+    start: Start,
 ) -> Result<Report, GenerateError> {
     config.check()?;
     migrate(conn).await?;
-    if reset {
+    if start == Start::Reset {
         conn.execute("TRUNCATE public.claim_lines, public.claims, public.policies, public.providers, public.members, generator.anomaly_labels")
             .await
             .map_err(GenerateError::Write)?;
@@ -290,12 +304,31 @@ pub async fn generate(
     .fetch_one(&mut *conn)
     .await
     .map_err(GenerateError::Write)?;
+    let mut factory = ClaimFactory::new(config);
+    let mut report = Report::default();
+    if start == Start::Resume {
+        let claims: i64 = sqlx::query_scalar("SELECT count(*) FROM public.claims")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(GenerateError::Write)?;
+        if claims != i64::from(config.claims) {
+            return Err(GenerateError::CannotResume {
+                found: claims,
+                expected: config.claims,
+            });
+        }
+        let (from, to) = factory.backfill_window(config.years);
+        let mut replayed = 0u32;
+        while replayed < config.claims {
+            replayed += factory.next(from, to).len() as u32;
+        }
+        stream(conn, config, &mut factory, &mut report).await?;
+        return Ok(report);
+    }
     if existing > 0 {
         return Err(GenerateError::NotEmpty(existing));
     }
 
-    let mut factory = ClaimFactory::new(config);
-    let mut report = Report::default();
     let started = Instant::now();
     write_reference(conn, &factory, &mut report).await?;
 
