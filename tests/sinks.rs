@@ -276,3 +276,30 @@ async fn a_store_down_for_ten_seconds_is_retried_and_loses_nothing() {
         "everything written once the store is back"
     );
 }
+
+#[tokio::test]
+async fn a_record_the_store_refuses_is_returned_and_the_rest_written() {
+    let (url, _db) = support::fresh_db("sinks_refuse").await;
+    let mut store = PgStore::new(settings(&url), "hot".into(), false, 0, None);
+    store.open().await.unwrap();
+    let mut records = stream();
+    // A table the store has no place for, in the middle of the batch.
+    if let Some(Value::Record(fields)) = records[1].value.as_mut() {
+        for (name, v) in fields.iter_mut() {
+            if let (true, Value::Record(source)) = (name == "source", v) {
+                source[1].1 = Value::String("invoices".into());
+            }
+        }
+    }
+    let rejected = store.write(&records).await.unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(
+        (rejected[0].index, rejected[0].code),
+        (1, "store.unknown_table")
+    );
+    assert_eq!(
+        table(&url, "hot").await.len(),
+        2,
+        "the other records are written"
+    );
+}

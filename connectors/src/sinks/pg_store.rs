@@ -196,19 +196,42 @@ impl PgStore {
                     .ok_or_else(|| SinkError::Fatal("no pool".into()))?
             }
         };
+        // Fast path: the whole batch in one transaction. Only when a record is refused is
+        // the batch redone with a savepoint per record, to write the rest without it.
+        if let Some(done) = self.write_in_one(&pool, records, false).await? {
+            return Ok(done);
+        }
+        self.write_in_one(&pool, records, true)
+            .await?
+            .ok_or_else(|| SinkError::Fatal("a record failed outside its savepoint".into()))
+    }
+
+    /// One transaction over `records`; `None` when a record was refused and `careful`
+    /// (savepoint per record) is off.
+    async fn write_in_one(
+        &mut self,
+        pool: &PgPool,
+        records: &[SinkRecord],
+        careful: bool,
+    ) -> Result<Option<Vec<Rejected>>, SinkError> {
         let mut rejected = Vec::new();
         let mut tx = pool.begin().await.map_err(transient)?;
         for (index, record) in records.iter().enumerate() {
-            sqlx::query("SAVEPOINT record")
-                .execute(&mut *tx)
-                .await
-                .map_err(transient)?;
+            if careful {
+                sqlx::query("SAVEPOINT record")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(transient)?;
+            }
             let (code, message) = match self.write_one(&mut tx, record).await {
                 Ok(()) => continue,
                 Err(WriteError::Refused(code, message)) => (code, message),
                 Err(WriteError::Db(e)) if is_data_error(&e) => ("store.refused", e.to_string()),
                 Err(WriteError::Db(e)) => return Err(transient(e)),
             };
+            if !careful {
+                return Ok(None); // dropping `tx` rolls it back
+            }
             sqlx::query("ROLLBACK TO SAVEPOINT record")
                 .execute(&mut *tx)
                 .await
@@ -220,7 +243,7 @@ impl PgStore {
             });
         }
         tx.commit().await.map_err(transient)?;
-        Ok(rejected)
+        Ok(Some(rejected))
     }
 
     /// Deletes from this store every claim row in `records` that is not newer than the
