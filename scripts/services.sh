@@ -78,10 +78,14 @@ start_broker() {
   if port_open "$KAFKA_PORT"; then log "broker already running on 127.0.0.1:$KAFKA_PORT"; return; fi
   mkdir -p "$TANSU_DIR" "$RUN_DIR"
   # tansu resolves a sqlite path against its working directory.
+  # Its periodic maintenance (compaction, retention, vacuum) is one SQL pass over every
+  # record that holds the only database connection: with a few hundred thousand records
+  # the broker stops answering for minutes (seen with tansu 0.6.0). The local broker
+  # turns it off; compacted topics then keep every record, which restores still handle.
   (cd "$TANSU_DIR" && exec nohup tansu broker \
     --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine "sqlite://tansu.db" \
+    --storage-engine "sqlite://tansu.db?maintenance_interval=100000h" \
     >>"$TANSU_DIR/tansu.log" 2>&1) &
   echo $! > "$RUN_DIR/tansu.pid"
   wait_for "broker (127.0.0.1:$KAFKA_PORT)" 30 port_open "$KAFKA_PORT" || die "tansu did not start; see $TANSU_DIR/tansu.log"

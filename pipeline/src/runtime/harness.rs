@@ -10,16 +10,28 @@ use crate::state::{Batch, MemoryStore, StateStore};
 
 pub struct Harness<P> {
     pub processor: P,
-    store: MemoryStore,
+    store: Box<dyn StateStore>,
     watermarks: std::collections::HashMap<i32, i64>,
 }
 
+/// Every store a processor's state needs: its own and the runtime's.
+pub fn store_names<P: Processor>(processor: &P) -> Vec<&'static str> {
+    let mut stores = processor.stores();
+    stores.extend([POSITIONS, TIMERS, PROGRESS, LOCAL]);
+    stores
+}
+
 impl<P: Processor> Harness<P> {
+    /// State in memory.
     pub fn new(processor: P) -> Self {
-        let mut stores = processor.stores();
-        stores.extend([POSITIONS, TIMERS, PROGRESS, LOCAL]);
+        let store = MemoryStore::new(&store_names(&processor));
+        Self::with_store(processor, Box::new(store))
+    }
+
+    /// State in `store`, which must hold every store of [`store_names`].
+    pub fn with_store(processor: P, store: Box<dyn StateStore>) -> Self {
         Self {
-            store: MemoryStore::new(&stores),
+            store,
             processor,
             watermarks: Default::default(),
         }
@@ -38,7 +50,7 @@ impl<P: Processor> Harness<P> {
         let watermark = *self.watermarks.get(&p).unwrap_or(&i64::MIN);
         let event_time = self.processor.event_time(event);
         let overlay = Overlay::new();
-        let mut ctx = Context::new(p, &self.store, &overlay, watermark);
+        let mut ctx = Context::new(p, self.store.as_ref(), &overlay, watermark);
         self.processor.process(event, &mut ctx)?;
         let Context {
             scratch,
@@ -63,7 +75,7 @@ impl<P: Processor> Harness<P> {
                     continue;
                 };
                 let overlay = Overlay::new();
-                let mut ctx = Context::new(p, &self.store, &overlay, event_time);
+                let mut ctx = Context::new(p, self.store.as_ref(), &overlay, event_time);
                 self.processor.on_timer(&timer, &mut ctx)?;
                 let Context {
                     scratch,
@@ -81,6 +93,28 @@ impl<P: Processor> Harness<P> {
             );
             self.store.write(progress)?;
         }
+        Ok(outputs)
+    }
+
+    /// Processes `events` as one batch, the way the runtime does between commits: reads
+    /// see earlier events' changes, and one write commits them all. Timers are not fired.
+    /// Returns the number of outputs.
+    pub fn feed_batch(&mut self, events: &[Event<'_>]) -> Result<usize, ProcessError> {
+        let mut batch = Overlay::new();
+        let mut outputs = 0;
+        for event in events {
+            let watermark = *self.watermarks.get(&event.partition).unwrap_or(&i64::MIN);
+            let mut ctx = Context::new(event.partition, self.store.as_ref(), &batch, watermark);
+            self.processor.process(event, &mut ctx)?;
+            let Context {
+                scratch,
+                outputs: out,
+                ..
+            } = ctx;
+            outputs += out.len();
+            batch.extend(scratch);
+        }
+        self.commit(batch)?;
         Ok(outputs)
     }
 }
