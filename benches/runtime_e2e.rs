@@ -1,0 +1,178 @@
+//! The processor runtime end to end through the broker, beside the raw limit on the same
+//! broker in the same run: a plain rdkafka consume-and-produce loop over the same input.
+//! Needs the local services (`eval "$(scripts/services.sh start)"`).
+//!
+//! cargo bench --bench runtime_e2e            (STRATA_BENCH_EVENTS, default 100000)
+//! Goal (issue 6): the runtime at ≥ 0.6 of the raw loop's rate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use strata_pipeline::avro::Codec;
+use strata_pipeline::kafka::{client_config, ensure_topics, producer, TopicSpec};
+use strata_pipeline::ops::metrics::Metrics;
+use strata_pipeline::ops::shutdown::CancellationToken;
+use strata_pipeline::runtime::{
+    run_processor, Context, Event, Output, OutputSchema, ProcessError, Processor, ProcessorEnv,
+    ProcessorSpec,
+};
+use strata_pipeline::topology::{KafkaSettings, RegistrySettings};
+
+const VALUE: &str = r#"{"type":"record","name":"Tick","namespace":"strata.bench","fields":[{"name":"n","type":"long"}]}"#;
+const KEY: &str = r#""long""#;
+
+/// Counts events per key in RocksDB and emits the running count: one state change and
+/// one output per input.
+struct Count;
+
+impl Processor for Count {
+    fn stores(&self) -> Vec<&'static str> {
+        vec!["counts"]
+    }
+    fn event_time(&self, event: &Event<'_>) -> i64 {
+        event.timestamp_ms
+    }
+    fn process(&mut self, event: &Event<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let Some(Value::Long(k)) = event.key else {
+            return Ok(());
+        };
+        let key = k.to_be_bytes();
+        let n = ctx
+            .get("counts", &key)?
+            .and_then(|v| v.try_into().ok().map(i64::from_be_bytes))
+            .unwrap_or(0)
+            + 1;
+        ctx.put("counts", &key, n.to_be_bytes().to_vec());
+        ctx.emit(Output {
+            port: None,
+            key: Some(Value::Long(*k)),
+            key_schema: OutputSchema::Text(KEY.into()),
+            value: Some(Value::Record(vec![("n".into(), Value::Long(n))])),
+            value_schema: OutputSchema::Text(VALUE.into()),
+            partition_by: None,
+        });
+        Ok(())
+    }
+}
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.into())
+}
+
+#[tokio::main]
+async fn main() {
+    let events: usize = env("STRATA_BENCH_EVENTS", "100000").parse().expect("a number");
+    let kafka: KafkaSettings = serde_yaml_ng::from_str(&format!(
+        "{{bootstrap_servers: '{}'}}",
+        env("STRATA_KAFKA_BROKERS", "127.0.0.1:19092")
+    ))
+    .expect("settings");
+    let codec = Arc::new(
+        Codec::new(&RegistrySettings {
+            url: env("STRATA_SCHEMA_REGISTRY_URL", "http://127.0.0.1:18081"),
+            username: None,
+            password: None,
+            ca_file: None,
+            allow_incompatible: false,
+        })
+        .expect("codec"),
+    );
+    let run = format!("bench-{}", std::process::id());
+    let (input, raw_out, out) = (format!("{run}.in"), format!("{run}.raw"), format!("{run}.out"));
+    let topics: Vec<_> = [&input, &raw_out, &out, &format!("{run}.dead-letter")]
+        .into_iter()
+        .map(|t| TopicSpec { name: t.clone(), partitions: 4, replication_factor: 1, compacted: false })
+        .collect();
+    ensure_topics(&client_config(&kafka), &topics).await.expect("is the broker up? (scripts/services.sh start)");
+
+    // Input: `events` records over 10,000 keys.
+    let key_writer = codec.register(&format!("{input}-key"), KEY).await.expect("registry up?");
+    let writer = codec.register(&format!("{input}-value"), VALUE).await.expect("registry");
+    let p: FutureProducer = producer(&kafka).expect("producer");
+    let mut acks = FuturesUnordered::new();
+    for i in 0..events as i64 {
+        let key = key_writer.encode(&Value::Long(i % 10_000)).unwrap();
+        let value = writer.encode(&Value::Record(vec![("n".into(), Value::Long(i))])).unwrap();
+        let p = p.clone();
+        let topic = input.clone();
+        acks.push(async move {
+            p.send(FutureRecord::to(&topic).key(&key).payload(&value), Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
+        });
+        if acks.len() >= 10_000 {
+            acks.next().await.unwrap().expect("produced");
+        }
+    }
+    while let Some(r) = acks.next().await {
+        r.expect("produced");
+    }
+
+    // Raw limit: consume the input and produce each record to another topic, acks awaited.
+    let started = Instant::now();
+    let consumer: StreamConsumer = client_config(&kafka)
+        .set("group.id", format!("{run}.raw"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&input]).unwrap();
+    let mut acks = FuturesUnordered::new();
+    for _ in 0..events {
+        let m = consumer.recv().await.expect("record");
+        let (key, value) = (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec));
+        let (p, topic) = (p.clone(), raw_out.clone());
+        acks.push(async move {
+            let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic);
+            if let Some(k) = &key { r = r.key(k); }
+            if let Some(v) = &value { r = r.payload(v); }
+            p.send(r, Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
+        });
+        if acks.len() >= 10_000 {
+            acks.next().await.unwrap().expect("produced");
+        }
+    }
+    while let Some(r) = acks.next().await {
+        r.expect("produced");
+    }
+    let raw = started.elapsed().as_secs_f64();
+
+    // The runtime: decode, RocksDB state, output, changelog, offsets.
+    let state = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let stop = CancellationToken::new();
+    let spec = ProcessorSpec {
+        component: "count".into(),
+        group_id: format!("{run}.strata"),
+        inputs: vec![input.clone()],
+        outputs: HashMap::from([(None, out.clone())]),
+        changelog: format!("{run}.changelog"),
+        dead_letter: format!("{run}.dead-letter"),
+        state_dir: state.path().to_path_buf(),
+        state_cache_bytes: 64 << 20,
+        partitions: 4,
+        changelog_replication_factor: 1,
+        max_batch: 1000,
+        max_batch_wait: Duration::from_millis(20),
+    };
+    let env = ProcessorEnv { kafka: kafka.clone(), codec: codec.clone(), metrics: metrics.clone() };
+    let started = Instant::now();
+    let task = tokio::spawn(run_processor(spec, env, Box::new(Count), stop.clone()));
+    let done = metrics.events_out.with_label_values(&["count"]);
+    while (done.get() as usize) < events {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!task.is_finished(), "the processor stopped early");
+    }
+    let strata = started.elapsed().as_secs_f64();
+    stop.cancel();
+    task.await.unwrap().expect("drained");
+
+    println!("events: {events} (10,000 keys, 4 partitions, tansu on this machine)");
+    println!("raw consume+produce : {raw:>7.2} s  {:>9.0} events/s", events as f64 / raw);
+    println!("strata runtime      : {strata:>7.2} s  {:>9.0} events/s  (state + changelog + output)", events as f64 / strata);
+    println!("ratio strata/raw    : {:.2}  (goal ≥ 0.6)", raw / strata);
+}
