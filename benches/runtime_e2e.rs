@@ -67,7 +67,9 @@ fn env(name: &str, default: &str) -> String {
 
 #[tokio::main]
 async fn main() {
-    let events: usize = env("STRATA_BENCH_EVENTS", "100000").parse().expect("a number");
+    let events: usize = env("STRATA_BENCH_EVENTS", "100000")
+        .parse()
+        .expect("a number");
     let kafka: KafkaSettings = serde_yaml_ng::from_str(&format!(
         "{{bootstrap_servers: '{}'}}",
         env("STRATA_KAFKA_BROKERS", "127.0.0.1:19092")
@@ -84,25 +86,50 @@ async fn main() {
         .expect("codec"),
     );
     let run = format!("bench-{}", std::process::id());
-    let (input, raw_out, out) = (format!("{run}.in"), format!("{run}.raw"), format!("{run}.out"));
+    let (input, raw_out, out) = (
+        format!("{run}.in"),
+        format!("{run}.raw"),
+        format!("{run}.out"),
+    );
     let topics: Vec<_> = [&input, &raw_out, &out, &format!("{run}.dead-letter")]
         .into_iter()
-        .map(|t| TopicSpec { name: t.clone(), partitions: 4, replication_factor: 1, compacted: false })
+        .map(|t| TopicSpec {
+            name: t.clone(),
+            partitions: 4,
+            replication_factor: 1,
+            compacted: false,
+        })
         .collect();
-    ensure_topics(&client_config(&kafka), &topics).await.expect("is the broker up? (scripts/services.sh start)");
+    ensure_topics(&client_config(&kafka), &topics)
+        .await
+        .expect("is the broker up? (scripts/services.sh start)");
 
     // Input: `events` records over 10,000 keys.
-    let key_writer = codec.register(&format!("{input}-key"), KEY).await.expect("registry up?");
-    let writer = codec.register(&format!("{input}-value"), VALUE).await.expect("registry");
+    let key_writer = codec
+        .register(&format!("{input}-key"), KEY)
+        .await
+        .expect("registry up?");
+    let writer = codec
+        .register(&format!("{input}-value"), VALUE)
+        .await
+        .expect("registry");
     let p: FutureProducer = producer(&kafka).expect("producer");
     let mut acks = FuturesUnordered::new();
     for i in 0..events as i64 {
         let key = key_writer.encode(&Value::Long(i % 10_000)).unwrap();
-        let value = writer.encode(&Value::Record(vec![("n".into(), Value::Long(i))])).unwrap();
+        let value = writer
+            .encode(&Value::Record(vec![("n".into(), Value::Long(i))]))
+            .unwrap();
         let p = p.clone();
         let topic = input.clone();
         acks.push(async move {
-            p.send(FutureRecord::to(&topic).key(&key).payload(&value), Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
+            p.send(
+                FutureRecord::to(&topic).key(&key).payload(&value),
+                Duration::from_secs(60),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
         });
         if acks.len() >= 10_000 {
             acks.next().await.unwrap().expect("produced");
@@ -128,9 +155,16 @@ async fn main() {
         let (p, topic) = (p.clone(), raw_out.clone());
         acks.push(async move {
             let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic);
-            if let Some(k) = &key { r = r.key(k); }
-            if let Some(v) = &value { r = r.payload(v); }
-            p.send(r, Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
+            if let Some(k) = &key {
+                r = r.key(k);
+            }
+            if let Some(v) = &value {
+                r = r.payload(v);
+            }
+            p.send(r, Duration::from_secs(60))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
         });
         if acks.len() >= 10_000 {
             acks.next().await.unwrap().expect("produced");
@@ -159,7 +193,11 @@ async fn main() {
         max_batch: 1000,
         max_batch_wait: Duration::from_millis(20),
     };
-    let env = ProcessorEnv { kafka: kafka.clone(), codec: codec.clone(), metrics: metrics.clone() };
+    let env = ProcessorEnv {
+        kafka: kafka.clone(),
+        codec: codec.clone(),
+        metrics: metrics.clone(),
+    };
     let started = Instant::now();
     let task = tokio::spawn(run_processor(spec, env, Box::new(Count), stop.clone()));
     let done = metrics.events_out.with_label_values(&["count"]);
@@ -172,7 +210,13 @@ async fn main() {
     task.await.unwrap().expect("drained");
 
     println!("events: {events} (10,000 keys, 4 partitions, tansu on this machine)");
-    println!("raw consume+produce : {raw:>7.2} s  {:>9.0} events/s", events as f64 / raw);
-    println!("strata runtime      : {strata:>7.2} s  {:>9.0} events/s  (state + changelog + output)", events as f64 / strata);
+    println!(
+        "raw consume+produce : {raw:>7.2} s  {:>9.0} events/s",
+        events as f64 / raw
+    );
+    println!(
+        "strata runtime      : {strata:>7.2} s  {:>9.0} events/s  (state + changelog + output)",
+        events as f64 / strata
+    );
     println!("ratio strata/raw    : {:.2}  (goal ≥ 0.6)", raw / strata);
 }

@@ -99,6 +99,8 @@ pub async fn run_sink(
         .set("group.id", &spec.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
         .set("topic.metadata.refresh.interval.ms", "5000");
     let kafka_error = |what: &str| {
         let what = what.to_string();

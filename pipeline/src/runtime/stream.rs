@@ -186,6 +186,9 @@ pub async fn run_processor(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "range")
+        // A killed instance's partitions move after this long without heartbeats.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
         .set("topic.metadata.refresh.interval.ms", "5000");
     let consumer: StreamConsumer<RebalanceTracker> = consumer_config
         .create_with_context(RebalanceTracker::default())
