@@ -4,6 +4,7 @@ pub mod acks;
 mod admin;
 mod config;
 mod producer;
+pub mod rejoin;
 
 pub use admin::{ensure_topics, TopicSpec};
 pub use config::client_config;

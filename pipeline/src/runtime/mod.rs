@@ -64,6 +64,15 @@ impl RunError {
     }
 }
 
+/// Runs blocking work (RocksDB, librdkafka metadata calls) without stalling the async
+/// workers: in place on a multi-threaded runtime, directly on a current-thread one.
+pub(crate) fn off_async<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => f(),
+        _ => tokio::task::block_in_place(f),
+    }
+}
+
 /// Errors of the processor runtime are run errors: the component stops with them.
 pub type RuntimeError = RunError;
 

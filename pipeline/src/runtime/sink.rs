@@ -128,9 +128,12 @@ pub async fn run_sink(
     }
     tracing::info!(component = %spec.component, inputs = ?spec.inputs, "sink started");
 
+    let mut watchdog = crate::kafka::rejoin::Watchdog::new(&spec.inputs);
     loop {
+        super::off_async(|| watchdog.check(&consumer, &spec.component));
         let first = tokio::select! {
             m = consumer.recv() => m,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
             _ = shutdown.cancelled() => break,
         };
         let mut messages: Vec<OwnedMessage> = Vec::new();

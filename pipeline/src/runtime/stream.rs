@@ -226,9 +226,12 @@ pub async fn run_processor(
 
 impl Loop {
     async fn run(&mut self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
+        let mut watchdog = crate::kafka::rejoin::Watchdog::new(&self.spec.inputs);
         loop {
+            super::off_async(|| watchdog.check(&self.consumer, &self.spec.component));
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
                 _ = shutdown.cancelled() => break,
             };
             let Some(first) = self.detach(first) else {
@@ -369,10 +372,7 @@ impl Loop {
             };
             decoded.push((message, kv));
         }
-        match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::CurrentThread => self.apply(decoded),
-            _ => tokio::task::block_in_place(|| self.apply(decoded)),
-        }
+        super::off_async(|| self.apply(decoded))
     }
 
     fn apply(
