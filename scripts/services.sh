@@ -138,6 +138,14 @@ case "${1:-start}" in
     stop_pidfile tansu
     start_broker
     ;;
+  reset-broker)
+    # tansu runs one maintenance pass over every record when it starts; after many
+    # quickstart runs that pass can keep it from answering for minutes. This starts it
+    # empty (every topic is gone; registry, database and state directories are kept).
+    stop_pidfile tansu
+    rm -f "$TANSU_DIR"/tansu.db*
+    start_broker
+    ;;
   restart-postgres)
     stop_postgres
     start_postgres
@@ -148,5 +156,5 @@ case "${1:-start}" in
     registry_up && echo "registry: up (127.0.0.1:$REGISTRY_PORT)" || echo "registry: down"
     ;;
   env) print_env ;;
-  *) die "usage: $0 start|stop|status|env|restart-broker|restart-postgres" ;;
+  *) die "usage: $0 start|stop|status|env|restart-broker|reset-broker|restart-postgres" ;;
 esac

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 
 /// How long after a (re)join the assignment is checked: past the session timeout.
-pub const CHECK_AFTER: Duration = Duration::from_secs(15);
+pub const CHECK_AFTER: Duration = Duration::from_secs(30);
 const MAX_REJOINS: u32 = 4;
 
 pub struct Watchdog {
