@@ -23,7 +23,7 @@
 //! a rebalance, an instance that lost a partition may finish its last batch while the new
 //! owner starts; both compute the same records from the same inputs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -135,7 +135,6 @@ struct Loop {
     restore_config: rdkafka::ClientConfig,
     tasks: HashMap<i32, Task>,
     writers: HashMap<(String, OutputSchema), Writer>,
-    user_stores: HashSet<&'static str>,
 }
 
 /// A batch on its way through the commit steps.
@@ -146,7 +145,6 @@ struct Pending {
     dead_letters: Vec<DeadLetter>,
     /// (topic, partition) → next offset, for the consumer commit.
     consumed: HashMap<(String, i32), i64>,
-    events: u64,
 }
 
 struct DeadLetter {
@@ -172,8 +170,9 @@ pub async fn run_processor(
         }],
     )
     .await?;
-    let user_stores: HashSet<&'static str> = processor.stores().into_iter().collect();
-    let mut stores: Vec<&str> = user_stores.iter().copied().collect();
+    let mut stores: Vec<&str> = processor.stores();
+    stores.sort_unstable();
+    stores.dedup();
     stores.extend([POSITIONS, TIMERS, PROGRESS, LOCAL]);
     let (dir, cache) = (spec.state_dir.clone(), spec.state_cache_bytes);
     let store = tokio::task::spawn_blocking(move || RocksStore::open(&dir, &stores, cache))
@@ -219,7 +218,6 @@ pub async fn run_processor(
         restore_config,
         tasks: HashMap::new(),
         writers: HashMap::new(),
-        user_stores,
     };
     this.run(shutdown).await
 }
@@ -402,7 +400,6 @@ impl Loop {
                 continue; // applied before a restart; its effects are already in state
             }
             in_counter.inc();
-            pending.events += 1;
             pending.overlay.insert(
                 (PROGRESS.into(), partition_key(p, &offset_key(&topic))),
                 Some((offset + 1).to_be_bytes().to_vec()),
@@ -657,14 +654,11 @@ impl Loop {
 
         // 3. Local state, input offsets and checkpoints in one write.
         let mut batch = Batch::default();
-        for ((store, key), value) in overlay {
-            debug_assert!(
-                store == LOCAL
-                    || self.user_stores.contains(store.as_str())
-                    || store.starts_with('_')
-            );
-            batch.ops.push((store, key, value));
-        }
+        batch.ops.extend(
+            overlay
+                .into_iter()
+                .map(|((store, key), value)| (store, key, value)),
+        );
         for (p, next) in checkpoints {
             batch.put(LOCAL, checkpoint_key(p), next.to_be_bytes().to_vec());
         }
