@@ -160,6 +160,22 @@ async fn writing_twice_or_reordered_gives_identical_tables() {
         partitions.contains(&"claims_y2025m06".to_string()),
         "2 months ahead of 2025-04: {partitions:?}"
     );
+
+    // Partitions that ended before the cutoff are detached; here the cutoff is 2025-01-01.
+    let cutoff = chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap();
+    let age_days = (chrono::Utc::now().date_naive() - cutoff).num_days() as u64;
+    let mut store = PgStore::new(settings(&url), "warm".into(), true, 2, None)
+        .detach_after(Some(Duration::from_secs(age_days * 86_400)));
+    store.open().await.unwrap();
+    let detached = store.detach_old_partitions().await.unwrap();
+    assert!(
+        detached.contains(&"claims_y2024m10".to_string()),
+        "{detached:?}"
+    );
+    assert!(
+        !detached.contains(&"claims_y2025m06".to_string()),
+        "{detached:?}"
+    );
 }
 
 /// A TCP proxy in front of PostgreSQL that can refuse and cut connections.

@@ -52,6 +52,9 @@ pub struct PgStore {
     pool: Option<PgPool>,
     tables: HashMap<String, Table>,
     partitions: HashSet<(String, i32, u32)>,
+    /// Monthly partitions that ended longer ago than this are detached (warm → cold).
+    detach_after: Option<std::time::Duration>,
+    last_detach: Option<std::time::Instant>,
 }
 
 fn transient(e: sqlx::Error) -> SinkError {
@@ -80,7 +83,64 @@ impl PgStore {
             pool: None,
             tables: HashMap::new(),
             partitions: HashSet::new(),
+            detach_after: None,
+            last_detach: None,
         }
+    }
+
+    /// Detaches monthly partitions that ended longer than `age` ago (checked at most
+    /// hourly): their claims have aged into the cold archive.
+    pub fn detach_after(mut self, age: Option<std::time::Duration>) -> Self {
+        self.detach_after = age;
+        self
+    }
+
+    /// Detaches the partitions that are due; returns their names.
+    pub async fn detach_old_partitions(&mut self) -> Result<Vec<String>, SinkError> {
+        let (Some(age), Some(pool)) = (self.detach_after, self.pool.clone()) else {
+            return Ok(Vec::new());
+        };
+        self.last_detach = Some(std::time::Instant::now());
+        let cutoff = chrono::Utc::now().date_naive()
+            - chrono::Duration::from_std(age).unwrap_or_else(|_| chrono::Duration::days(36_500));
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT p.relname::text, c.relname::text FROM pg_inherits i
+             JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+             JOIN pg_namespace n ON n.oid = p.relnamespace WHERE n.nspname = $1",
+        )
+        .bind(&self.schema)
+        .fetch_all(&pool)
+        .await
+        .map_err(transient)?;
+        let mut detached = Vec::new();
+        for (parent, child) in rows {
+            // Partitions are named `<table>_y<year>m<month>` by `ensure_partition`.
+            let Some((year, month)) = child
+                .rsplit_once("_y")
+                .and_then(|(_, ym)| ym.split_once('m'))
+                .and_then(|(y, m)| Some((y.parse::<i32>().ok()?, m.parse::<u32>().ok()?)))
+            else {
+                continue;
+            };
+            let Some(end) = NaiveDate::from_ymd_opt(year, month, 1)
+                .and_then(|d| d.checked_add_months(chrono::Months::new(1)))
+            else {
+                continue;
+            };
+            if end > cutoff {
+                continue;
+            }
+            sqlx::query(&format!(
+                "ALTER TABLE {s}.{parent} DETACH PARTITION {s}.{child}",
+                s = self.schema
+            ))
+            .execute(&pool)
+            .await
+            .map_err(transient)?;
+            tracing::info!(schema = %self.schema, partition = %child, "detached a partition that aged into the cold tier");
+            detached.push(child);
+        }
+        Ok(detached)
     }
 
     fn ddl(&self) -> String {
@@ -196,6 +256,13 @@ impl PgStore {
                     .ok_or_else(|| SinkError::Fatal("no pool".into()))?
             }
         };
+        if self.detach_after.is_some()
+            && self
+                .last_detach
+                .is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(3600))
+        {
+            self.detach_old_partitions().await?;
+        }
         // Fast path: the whole batch in one transaction. Only when a record is refused is
         // the batch redone with a savepoint per record, to write the rest without it.
         if let Some(done) = self.write_in_one(&pool, records, false).await? {

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub replication_lag_bytes: IntGaugeVec,
     pub restore_progress: IntGaugeVec,
     pub sink_write_seconds: HistogramVec,
+    pub sink_batch_rows: HistogramVec,
     pub up: IntGaugeVec,
 }
 
@@ -86,6 +87,22 @@ impl Metrics {
                 "sink_write_seconds",
                 "Time to write one batch into a store",
             ),
+            sink_batch_rows: {
+                let buckets = prometheus::exponential_buckets(1.0, 4.0, 9).expect("static buckets");
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "sink_batch_rows",
+                        "Records in one batch written to a store",
+                    )
+                    .buckets(buckets),
+                    &["component"],
+                )
+                .expect("static metric definition");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("metric registered once");
+                h
+            },
             up: gauge(
                 "component_up",
                 "1 when a component is running",

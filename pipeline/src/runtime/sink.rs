@@ -117,6 +117,9 @@ pub async fn run_sink(
     let write_seconds = metrics
         .sink_write_seconds
         .with_label_values(&[&spec.component]);
+    let batch_rows = metrics
+        .sink_batch_rows
+        .with_label_values(&[&spec.component]);
     let (events_in, dead) = (
         metrics.events_in.with_label_values(&[&spec.component]),
         metrics.dead_letters.with_label_values(&[&spec.component]),
@@ -184,6 +187,7 @@ pub async fn run_sink(
             }
         };
         write_seconds.observe(started.elapsed().as_secs_f64());
+        batch_rows.observe(records.len() as f64);
         events_out.inc_by((records.len() - rejected.len()) as u64);
 
         let by_offset: HashMap<(&str, i32, i64), &OwnedMessage> = messages

@@ -19,6 +19,10 @@ pub struct WarmSinkConfig {
     /// written here is then deleted there, in the same transaction.
     #[serde(default)]
     pub evict_from: Option<String>,
+    /// Detach monthly partitions that ended longer ago than this (their claims have aged
+    /// into the cold tier); off when unset.
+    #[serde(default)]
+    pub detach_after: Option<strata_pipeline::topology::units::Duration>,
 }
 
 fn default_schema() -> String {

@@ -25,4 +25,5 @@ pub fn store(config: &WarmSinkConfig) -> crate::sinks::pg_store::PgStore {
         config.partitions_ahead,
         config.evict_from.clone(),
     )
+    .detach_after(config.detach_after.as_ref().map(|d| d.0))
 }
