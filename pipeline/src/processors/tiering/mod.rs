@@ -2,6 +2,8 @@
 
 mod config;
 mod processor;
+#[cfg(test)]
+mod tests;
 
 pub use config::{PiiMode, PiiPolicy, TieringConfig};
 pub use processor::{Tier, Tiering};

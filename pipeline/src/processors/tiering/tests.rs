@@ -1,0 +1,176 @@
+//! Tiering on the in-memory harness: age at event time picks the tier, timers move rows
+//! on when the watermark passes a boundary, reference rows go everywhere without PII.
+
+use apache_avro::types::Value;
+
+use super::{Tiering, TieringConfig};
+use crate::runtime::harness::Harness;
+use crate::runtime::processor::record_field;
+use crate::runtime::{Event, Output};
+
+const DAY_MS: i64 = 86_400_000;
+const NOW: i64 = 20_000 * DAY_MS; // day 20000 = 2024-10-04
+
+fn envelope(table: &str, position: u64, ts_ms: i64, row: Vec<(&str, Value)>) -> Value {
+    let row = Value::Record(row.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+    Value::Record(vec![
+        ("before".into(), Value::Union(0, Box::new(Value::Null))),
+        ("after".into(), Value::Union(1, Box::new(row))),
+        (
+            "source".into(),
+            Value::Record(vec![
+                ("schema".into(), Value::String("public".into())),
+                ("table".into(), Value::String(table.into())),
+                (
+                    "position".into(),
+                    Value::String(format!("{position:016x}-00000000")),
+                ),
+                ("ts_ms".into(), Value::Long(ts_ms)),
+            ]),
+        ),
+        ("op".into(), Value::String("c".into())),
+    ])
+}
+
+fn feed(h: &mut Harness<Tiering>, key: i64, value: &Value, offset: i64) -> Vec<Output> {
+    let key = Value::Record(vec![("claim_id".into(), Value::Long(key))]);
+    h.feed(&Event {
+        topic: "conflicts",
+        partition: 0,
+        offset,
+        timestamp_ms: 0,
+        key: Some(&key),
+        key_schema_id: Some(1),
+        value: Some(value),
+        value_schema_id: Some(2),
+    })
+    .expect("processed")
+}
+
+fn claim(id: i64, position: u64, ts_ms: i64, service_day: i32) -> Value {
+    envelope(
+        "claims",
+        position,
+        ts_ms,
+        vec![
+            ("claim_id", Value::Long(id)),
+            (
+                "service_date_from",
+                Value::Union(1, Box::new(Value::Date(service_day))),
+            ),
+            (
+                "diagnosis_codes",
+                Value::Union(
+                    1,
+                    Box::new(Value::Array(vec![Value::String("E11.9".into())])),
+                ),
+            ),
+        ],
+    )
+}
+
+fn ports(outputs: &[Output]) -> Vec<String> {
+    outputs
+        .iter()
+        .map(|o| o.port.clone().unwrap_or_default())
+        .collect()
+}
+
+fn harness() -> Harness<Tiering> {
+    Harness::new(Tiering::new(
+        serde_yaml_ng::from_str::<TieringConfig>("{}").unwrap(),
+    ))
+}
+
+#[test]
+fn age_at_event_time_picks_the_tier_and_drops_pii_on_the_way_to_the_cloud() {
+    let mut h = harness();
+    assert_eq!(
+        ports(&feed(&mut h, 1, &claim(1, 1, NOW, 20_000 - 30), 1)),
+        ["hot"]
+    );
+    assert_eq!(
+        ports(&feed(&mut h, 2, &claim(2, 2, NOW, 20_000 - 200), 2)),
+        ["warm"]
+    );
+    assert_eq!(
+        ports(&feed(&mut h, 3, &claim(3, 3, NOW, 20_000 - 800), 3)),
+        ["cold"]
+    );
+    let out = feed(&mut h, 1, &claim(1, 4, NOW, 20_000 - 30), 4);
+    let after = record_field(out[0].value.as_ref().unwrap(), "after").unwrap();
+    assert_eq!(
+        record_field(after, "diagnosis_codes"),
+        Some(&Value::Union(0, Box::new(Value::Null))),
+        "sensitive column removed before the hot tier"
+    );
+    let member = envelope(
+        "members",
+        5,
+        NOW,
+        vec![
+            ("member_id", Value::Long(9)),
+            (
+                "ssn",
+                Value::Union(1, Box::new(Value::String("123-45-6789".into()))),
+            ),
+        ],
+    );
+    let out = feed(&mut h, 9, &member, 5);
+    assert_eq!(
+        ports(&out),
+        ["hot", "warm", "cold"],
+        "reference rows go to every tier"
+    );
+    let ssn = |o: &Output| {
+        record_field(
+            record_field(o.value.as_ref().unwrap(), "after").unwrap(),
+            "ssn",
+        )
+        .cloned()
+    };
+    assert_eq!(ssn(&out[0]), Some(Value::Union(0, Box::new(Value::Null))));
+    assert_eq!(
+        ssn(&out[2]),
+        Some(Value::Union(
+            1,
+            Box::new(Value::String("123-45-6789".into()))
+        )),
+        "cold keeps PII"
+    );
+}
+
+#[test]
+fn a_claim_moves_on_when_the_watermark_passes_its_boundary() {
+    let mut h = harness();
+    // 80 days old: hot, with a timer at 90 days.
+    assert_eq!(
+        ports(&feed(&mut h, 1, &claim(1, 1, NOW, 20_000 - 80), 1)),
+        ["hot"]
+    );
+    // Another claim's event 5 days later: no boundary passed yet.
+    assert_eq!(
+        ports(&feed(&mut h, 2, &claim(2, 2, NOW + 5 * DAY_MS, 20_005), 2)),
+        ["hot"]
+    );
+    // 11 days later: claim 1 is 91 days old; it moves to warm (the row, then the move record).
+    let out = feed(&mut h, 3, &claim(3, 3, NOW + 11 * DAY_MS, 20_011), 3);
+    assert_eq!(ports(&out), ["hot", "warm", "moves"]);
+    let moved = out[2].value.as_ref().unwrap();
+    assert_eq!(
+        record_field(moved, "to_tier"),
+        Some(&Value::Enum(1, "WARM".into()))
+    );
+    assert_eq!(
+        record_field(moved, "reason"),
+        Some(&Value::Enum(0, "AGED".into()))
+    );
+    // A replayed run fires the same move at the same point.
+    let mut again = harness();
+    feed(&mut again, 1, &claim(1, 1, NOW, 20_000 - 80), 1);
+    feed(&mut again, 2, &claim(2, 2, NOW + 5 * DAY_MS, 20_005), 2);
+    assert_eq!(
+        feed(&mut again, 3, &claim(3, 3, NOW + 11 * DAY_MS, 20_011), 3),
+        out
+    );
+}
