@@ -326,25 +326,9 @@ impl PgStore {
         let mut tx = pool.begin().await.map_err(transient)?;
         for record in records {
             let Some(value) = &record.value else { continue };
-            let event = Event {
-                topic: &record.topic,
-                partition: record.partition,
-                offset: record.offset,
-                timestamp_ms: 0,
-                key: record.key.as_ref(),
-                key_schema_id: None,
-                value: Some(value),
-                value_schema_id: None,
-            };
-            let Ok(change) = Change::from_event(&event) else {
+            let Ok((change, name)) = parse_change(record, value) else {
                 continue;
             };
-            let name = change
-                .table
-                .rsplit('.')
-                .next()
-                .unwrap_or_default()
-                .to_string();
             let (Some(after), Some(table), true) = (
                 &change.after,
                 self.tables.get(&name).cloned(),
@@ -373,24 +357,7 @@ impl PgStore {
         if record_field(value, "analysis_id").is_some() {
             return self.write_analysis(conn, value).await;
         }
-        let event = Event {
-            topic: &record.topic,
-            partition: record.partition,
-            offset: record.offset,
-            timestamp_ms: 0,
-            key: record.key.as_ref(),
-            key_schema_id: None,
-            value: Some(value),
-            value_schema_id: None,
-        };
-        let change =
-            Change::from_event(&event).map_err(|r| WriteError::Refused(r.code, r.message))?;
-        let name = change
-            .table
-            .rsplit('.')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let (change, name) = parse_change(record, value)?;
         let table = self.tables.get(&name).cloned().ok_or_else(|| {
             WriteError::Refused(
                 "store.unknown_table",
@@ -536,6 +503,39 @@ impl Sink for PgStore {
     }
 }
 
+impl Table {
+    /// The SQL type of `column` (text when the catalog does not list it).
+    fn column_type(&self, column: &str) -> &str {
+        self.columns
+            .iter()
+            .find(|(c, _)| c == column)
+            .map(|(_, t)| t.as_str())
+            .unwrap_or("text")
+    }
+}
+
+/// The change a record carries and its table's name (without the schema).
+fn parse_change(record: &SinkRecord, value: &Value) -> Result<(Change, String), WriteError> {
+    let event = Event {
+        topic: &record.topic,
+        partition: record.partition,
+        offset: record.offset,
+        timestamp_ms: 0,
+        key: record.key.as_ref(),
+        key_schema_id: None,
+        value: Some(value),
+        value_schema_id: None,
+    };
+    let change = Change::from_event(&event).map_err(|r| WriteError::Refused(r.code, r.message))?;
+    let name = change
+        .table
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Ok((change, name))
+}
+
 enum WriteError {
     Refused(&'static str, String),
     Db(sqlx::Error),
@@ -553,12 +553,7 @@ fn key_clause(table: &Table, first: usize) -> String {
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            let ty = table
-                .columns
-                .iter()
-                .find(|(c, _)| c == k)
-                .map(|(_, t)| t.as_str())
-                .unwrap_or("text");
+            let ty = table.column_type(k);
             format!("{k} = ${}::{ty}", first + i)
         })
         .collect::<Vec<_>>()
@@ -579,12 +574,7 @@ async fn delete_key(
     );
     let mut query = sqlx::query(&sql).bind(position);
     for k in &table.key {
-        let ty = table
-            .columns
-            .iter()
-            .find(|(c, _)| c == k)
-            .map(|(_, t)| t.as_str())
-            .unwrap_or("text");
+        let ty = table.column_type(k);
         let v = column(row, k).and_then(|v| to_text(v, ty));
         if v.is_none() {
             return Err(WriteError::Refused(
@@ -643,12 +633,7 @@ async fn upsert(
     query = query.bind(position);
     if table.partition_by.is_some() {
         for k in &table.key {
-            let ty = table
-                .columns
-                .iter()
-                .find(|(c, _)| c == k)
-                .map(|(_, t)| t.as_str())
-                .unwrap_or("text");
+            let ty = table.column_type(k);
             query = query.bind(column(row, k).and_then(|v| to_text(v, ty)));
         }
     }

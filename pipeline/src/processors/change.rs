@@ -92,6 +92,16 @@ impl Change {
         })
     }
 
+    /// The event's key; a change without one is rejected.
+    pub fn key<'e>(&self, event: &Event<'e>) -> Result<&'e Value, Rejection> {
+        event.key.ok_or_else(|| {
+            Rejection::new(
+                "envelope.no_key",
+                format!("a change of {} without a key", self.table),
+            )
+        })
+    }
+
     /// The row this change leaves (after), or the one it removed (before).
     pub fn row(&self) -> Option<&Row> {
         self.after.as_ref().or(self.before.as_ref())

@@ -52,11 +52,7 @@ impl<P: Processor> Harness<P> {
         let overlay = Overlay::new();
         let mut ctx = Context::new(p, self.store.as_ref(), &overlay, watermark);
         self.processor.process(event, &mut ctx)?;
-        let Context {
-            scratch,
-            mut outputs,
-            ..
-        } = ctx;
+        let (scratch, mut outputs) = ctx.into_parts();
         self.commit(scratch)?;
         if event_time > watermark {
             self.watermarks.insert(p, event_time);
@@ -77,11 +73,7 @@ impl<P: Processor> Harness<P> {
                 let overlay = Overlay::new();
                 let mut ctx = Context::new(p, self.store.as_ref(), &overlay, event_time);
                 self.processor.on_timer(&timer, &mut ctx)?;
-                let Context {
-                    scratch,
-                    outputs: fired,
-                    ..
-                } = ctx;
+                let (scratch, fired) = ctx.into_parts();
                 self.commit(scratch)?;
                 outputs.extend(fired);
             }
@@ -106,11 +98,7 @@ impl<P: Processor> Harness<P> {
             let watermark = *self.watermarks.get(&event.partition).unwrap_or(&i64::MIN);
             let mut ctx = Context::new(event.partition, self.store.as_ref(), &batch, watermark);
             self.processor.process(event, &mut ctx)?;
-            let Context {
-                scratch,
-                outputs: out,
-                ..
-            } = ctx;
+            let (scratch, out) = ctx.into_parts();
             outputs += out.len();
             batch.extend(scratch);
         }

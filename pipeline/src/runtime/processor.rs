@@ -301,6 +301,11 @@ impl<'a> Context<'a> {
     pub fn emit(&mut self, output: Output) {
         self.outputs.push(output);
     }
+
+    /// The call's state changes and outputs, once it succeeded.
+    pub(crate) fn into_parts(self) -> (Overlay, Vec<Output>) {
+        (self.scratch, self.outputs)
+    }
 }
 
 #[cfg(test)]

@@ -147,6 +147,14 @@ struct Pending {
     consumed: HashMap<(String, i32), i64>,
 }
 
+impl Pending {
+    /// Takes in the changes and outputs of a successful call on partition `p`.
+    fn absorb(&mut self, p: i32, (scratch, outputs): (Overlay, Vec<Output>)) {
+        self.overlay.extend(scratch);
+        self.outputs.extend(outputs.into_iter().map(|o| (p, o)));
+    }
+}
+
 struct DeadLetter {
     message: OwnedMessage,
     code: String,
@@ -433,11 +441,7 @@ impl Loop {
             let mut ctx = Context::new(p, self.store.as_ref(), &pending.overlay, watermark);
             match self.processor.process(&event, &mut ctx) {
                 Ok(()) => {
-                    let Context {
-                        scratch, outputs, ..
-                    } = ctx;
-                    pending.overlay.extend(scratch);
-                    pending.outputs.extend(outputs.into_iter().map(|o| (p, o)));
+                    pending.absorb(p, ctx.into_parts());
                 }
                 Err(ProcessError::Rejected(r)) => {
                     drop(ctx);
@@ -498,11 +502,7 @@ impl Loop {
             let mut ctx = Context::new(p, self.store.as_ref(), &pending.overlay, to);
             match self.processor.on_timer(&timer, &mut ctx) {
                 Ok(()) => {
-                    let Context {
-                        scratch, outputs, ..
-                    } = ctx;
-                    pending.overlay.extend(scratch);
-                    pending.outputs.extend(outputs.into_iter().map(|o| (p, o)));
+                    pending.absorb(p, ctx.into_parts());
                 }
                 Err(ProcessError::Rejected(r)) => {
                     tracing::warn!(component = %self.spec.component, partition = p, due_ms = timer.due_ms, error = %r, "timer rejected; dropped");

@@ -39,22 +39,24 @@ impl RocksStore {
     }
 }
 
+impl RocksStore {
+    fn cf(&self, store: &str) -> Result<&rocksdb::ColumnFamily, StateError> {
+        self.db
+            .cf_handle(store)
+            .ok_or_else(|| StateError::UnknownStore(store.into()))
+    }
+}
+
 impl StateStore for RocksStore {
     fn get(&self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        let cf = self
-            .db
-            .cf_handle(store)
-            .ok_or_else(|| StateError::UnknownStore(store.into()))?;
+        let cf = self.cf(store)?;
         self.db.get_cf(&cf, key).map_err(StateError::Io)
     }
 
     fn write(&self, batch: Batch) -> Result<(), StateError> {
         let mut wb = WriteBatch::default();
         for (store, key, value) in &batch.ops {
-            let cf = self
-                .db
-                .cf_handle(store)
-                .ok_or_else(|| StateError::UnknownStore(store.clone()))?;
+            let cf = self.cf(store)?;
             match value {
                 Some(v) => wb.put_cf(&cf, key, v),
                 None => wb.delete_cf(&cf, key),
@@ -64,10 +66,7 @@ impl StateStore for RocksStore {
     }
 
     fn scan_prefix(&self, store: &str, prefix: &[u8]) -> Result<Vec<Entry>, StateError> {
-        let cf = self
-            .db
-            .cf_handle(store)
-            .ok_or_else(|| StateError::UnknownStore(store.into()))?;
+        let cf = self.cf(store)?;
         let mut out = Vec::new();
         for item in self
             .db
@@ -89,10 +88,7 @@ impl StateStore for RocksStore {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<Entry>, StateError> {
-        let cf = self
-            .db
-            .cf_handle(store)
-            .ok_or_else(|| StateError::UnknownStore(store.into()))?;
+        let cf = self.cf(store)?;
         let mut out = Vec::new();
         for item in self
             .db

@@ -12,7 +12,7 @@ use crate::avro::schemas::CONFLICT_AUDIT;
 use crate::processors::change::{
     column, decode_state, encode_state, rewrite, to_cells, Cell, Change,
 };
-use crate::runtime::{Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection};
+use crate::runtime::{Context, Event, Output, OutputSchema, ProcessError, Processor};
 
 const ROWS: &str = "rows";
 const STRING_KEY: &str = r#""string""#;
@@ -81,12 +81,7 @@ impl Processor for ConflictResolution {
             });
             return Ok(());
         }
-        let key = event.key.ok_or_else(|| {
-            Rejection::new(
-                "envelope.no_key",
-                format!("a change of {} without a key", change.table),
-            )
-        })?;
+        let key = change.key(event)?;
         let key_text = describe(&Cell::from(key));
         let state_key = format!("{}\0{key_text}", change.table).into_bytes();
         let origin = self.origin(&change);

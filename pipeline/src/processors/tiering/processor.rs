@@ -328,12 +328,7 @@ impl Processor for Tiering {
             }
             return Ok(());
         }
-        let key = event.key.ok_or_else(|| {
-            Rejection::new(
-                "envelope.no_key",
-                format!("a change of {} without a key", change.table),
-            )
-        })?;
+        let key = change.key(event)?;
         let row = change.row().cloned().unwrap_or_default();
         if change.op == "d" {
             // Deletes may carry only the key columns: the tier comes from state.
