@@ -452,3 +452,30 @@ async fn a_second_instance_shares_the_work_and_takes_over_its_state() {
     task_b.await.unwrap().expect("B drains");
     registry.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watermark_jump_fires_every_timer_it_passes() {
+    let registry_dir = tempfile::tempdir().unwrap();
+    let registry = start_registry(registry_dir.path()).await;
+    let f = Fixture::new(&registry.url).await;
+    // 300 timers due at 1000 … 1299, then one event far later passes them all at once.
+    let members: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    let ticks: Vec<(&str, i64, bool)> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.as_str(), i as i64, false))
+        .collect();
+    f.send_ticks(0, &ticks).await;
+    f.send_ticks(0, &[("late", 1_000_000, false)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, task) = f.start(dir.path());
+    let fired = read_at_least(&f.codec, &kafka_brokers(), &f.timers, 300).await;
+    stop.cancel();
+    task.await.unwrap().expect("drains cleanly");
+    let names: HashSet<String> = fired
+        .iter()
+        .map(|(v, _, _)| string(record_field(v.as_ref().unwrap(), "member")))
+        .collect();
+    assert_eq!(names.len(), 300, "each passed timer fired once");
+    registry.shutdown().await;
+}

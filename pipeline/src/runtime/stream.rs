@@ -478,10 +478,14 @@ impl Loop {
             timer_key(p, i64::MIN, b""),
             timer_key(p, to.saturating_add(1), b""),
         );
+        // Stored timers are read from a cursor past the last one fired: those before it
+        // are fired (deleted in the overlay) and must not fill the next read. Timers the
+        // batch set are in the overlay and read from the start.
+        let mut cursor = start.clone();
         loop {
             let mut due: std::collections::BTreeMap<Vec<u8>, bool> = self
                 .store
-                .scan_range(TIMERS, &start, &end, 256)?
+                .scan_range(TIMERS, &cursor, &end, 256)?
                 .into_iter()
                 .map(|(k, _)| (k, true))
                 .collect();
@@ -495,6 +499,9 @@ impl Loop {
             let Some(key) = due.into_iter().find(|(_, live)| *live).map(|(k, _)| k) else {
                 return Ok(());
             };
+            if key > cursor {
+                cursor = key.clone();
+            }
             pending.overlay.insert((TIMERS.into(), key.clone()), None);
             let Some(timer) = parse_timer_key(&key) else {
                 continue;
