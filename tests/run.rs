@@ -23,7 +23,9 @@ fn topology(dir: &Path, registry: &str, pg_url: &str, slot: &str) -> PathBuf {
         .replace("127.0.0.1:19092", &support::kafka_brokers())
         .replace("http://127.0.0.1:18081", registry)
         .replace("postgres://postgres@127.0.0.1:15432/claims", pg_url)
-        .replace("slot: slot", &format!("slot: {slot}"));
+        .replace("slot: slot", &format!("slot: {slot}"))
+        // Each run its own state directory: two processes cannot share a RocksDB.
+        .replace("/tmp/strata-test", &dir.join("state").display().to_string());
     let file = dir.join("topology.yaml");
     std::fs::write(&file, text).unwrap();
     file
