@@ -5,7 +5,8 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 packages=(build-essential pkg-config cmake clang libclang-dev libssl-dev libsasl2-dev
-  zlib1g-dev libzstd-dev curl ca-certificates postgresql-15 postgresql-client-15 procps)
+  zlib1g-dev libzstd-dev curl ca-certificates postgresql-15 postgresql-client-15 procps
+  python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,5 +29,14 @@ if ! command -v tansu >/dev/null || ! tansu --version 2>/dev/null | grep -q "$TA
   log "building the tansu broker $TANSU_VERSION (takes about 10 minutes on 2 cores, once)"
   CARGO_TARGET_DIR="${STRATA_TOOLS_TARGET_DIR:-$HOME/.cache/strata/tansu-target}" \
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+fi
+# An S3-compatible object store for the cold archive's S3 test: moto's server (PyPI),
+# an S3 API over HTTP, in its own virtualenv. Production archives use a real S3 or MinIO.
+MOTO_VERSION="${STRATA_MOTO_VERSION:-5.1.22}"
+if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+  log "installing moto $MOTO_VERSION into $MOTO_VENV (S3 stand-in for the archive tests)"
+  python3 -m venv "$MOTO_VENV" || die "python3 -m venv failed; install python3-venv"
+  "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
+    || die "cannot install moto from PyPI"
 fi
 log "dependencies are installed"

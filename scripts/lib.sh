@@ -6,6 +6,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 PG_PORT="${STRATA_PG_PORT:-15432}"
 KAFKA_PORT="${STRATA_KAFKA_PORT:-19092}"
 REGISTRY_PORT="${STRATA_REGISTRY_PORT:-18081}"
+S3_PORT="${STRATA_S3_PORT:-19000}"
+MOTO_VENV="${STRATA_MOTO_VENV:-$HOME/.cache/strata/moto}"
 PG_BIN="${STRATA_PG_BIN:-/usr/lib/postgresql/15/bin}"
 
 log() { printf '[strata] %s\n' "$*" >&2; }

@@ -72,7 +72,7 @@ show_progress() {
   local dead
   dead=$(awk '$1 ~ /^strata_dead_letters_total/ {s+=$2} END {print s+0}' <<<"$metrics")
   local cold_rows
-  cold_rows=$(cat "$archive"/manifest-*.jsonl 2>/dev/null | grep -o '"records":[0-9]*' | cut -d: -f2 | awk '{s+=$1} END {print s+0}' || true)
+  cold_rows=$(find "$archive/manifest" -name "*.json" -exec cat {} + 2>/dev/null | grep -o '"records":[0-9]*' | cut -d: -f2 | awk '{s+=$1} END {print s+0}' || true)
   printf '%s | dead letters %s\n' "$line" "$dead" >&2
   printf '   source %s claims | hot %s | warm %s | cold %s archived records | routing %s\n' \
     "$(sql 'SELECT count(*) FROM public.claims')" \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts, stops and reports the local services Strata's tests and quickstart use, all on
 # loopback: a private PostgreSQL 15 cluster (wal_level=logical), the tansu Kafka broker
-# (durable sqlite storage) and the schema registry (`strata registry`).
+# (durable sqlite storage), the schema registry (`strata registry`) and, when moto is
+# installed, an S3-compatible object store for the archive's S3 test.
 #
 #   scripts/services.sh start    # idempotent; prints the addresses as `export` lines
 #   scripts/services.sh stop     # idempotent
@@ -24,6 +25,7 @@ export STRATA_PG_ADMIN_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 export STRATA_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export STRATA_SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT
 ENV
+  if port_open "$S3_PORT"; then echo "export STRATA_S3_ENDPOINT=http://127.0.0.1:$S3_PORT"; fi
 }
 
 # PostgreSQL refuses to run as root; as root the cluster belongs to the `postgres` user.
@@ -122,14 +124,25 @@ start_registry() {
   wait_for "schema registry (127.0.0.1:$REGISTRY_PORT)" 30 registry_up || die "the registry did not start; see $REGISTRY_DIR/registry.out"
 }
 
+start_s3() {
+  if port_open "$S3_PORT"; then log "S3 stand-in already running on 127.0.0.1:$S3_PORT"; return; fi
+  [ -x "$MOTO_VENV/bin/moto_server" ] || { log "moto is not installed: no S3 stand-in (scripts/install-deps.sh installs it)"; return; }
+  mkdir -p "$RUN_DIR"
+  nohup "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >>"$RUN_DIR/moto.log" 2>&1 &
+  echo $! > "$RUN_DIR/moto.pid"
+  wait_for "S3 stand-in (127.0.0.1:$S3_PORT)" 30 port_open "$S3_PORT" || die "moto_server did not start; see $RUN_DIR/moto.log"
+}
+
 case "${1:-start}" in
   start)
     start_postgres
     start_broker
     start_registry
+    start_s3
     print_env
     ;;
   stop)
+    stop_pidfile moto
     stop_pidfile registry
     stop_pidfile tansu
     stop_postgres
@@ -154,6 +167,7 @@ case "${1:-start}" in
     pg_ready && echo "postgres: up (127.0.0.1:$PG_PORT)" || echo "postgres: down"
     port_open "$KAFKA_PORT" && echo "broker: up (127.0.0.1:$KAFKA_PORT)" || echo "broker: down"
     registry_up && echo "registry: up (127.0.0.1:$REGISTRY_PORT)" || echo "registry: down"
+    port_open "$S3_PORT" && echo "s3: up (127.0.0.1:$S3_PORT)" || echo "s3: down"
     ;;
   env) print_env ;;
   *) die "usage: $0 start|stop|status|env|restart-broker|reset-broker|restart-postgres" ;;

@@ -7,6 +7,7 @@ cd "$REPO_ROOT"
 
 scripts/install-deps.sh
 eval "$(scripts/services.sh start)"
+[ -n "${STRATA_S3_ENDPOINT:-}" ] || die "the S3 stand-in did not start (scripts/services.sh start)"
 
 log "building"
 cargo build "${BUILD_FLAGS[@]}"

@@ -90,8 +90,9 @@ enum Command {
 #[derive(Subcommand)]
 enum ArchiveCommand {
     /// Recompute every manifest's hash chain and every file's SHA-256; report the first
-    /// broken entry (exit 1) or the totals (exit 0).
-    Verify { path: PathBuf },
+    /// broken entry (exit 1) or the totals (exit 0). PATH is a directory or
+    /// s3://bucket/prefix (settings from the AWS_* environment variables).
+    Verify { path: String },
 }
 
 #[derive(clap::Args)]
@@ -262,35 +263,27 @@ fn main() -> ExitCode {
         }
         Command::Generate(args) => block_on(generate(args)),
         Command::Registry { listen, data_dir } => block_on(registry::serve(listen, data_dir)),
-        Command::Archive(ArchiveCommand::Verify { path }) => verify_archive(&path),
+        Command::Archive(ArchiveCommand::Verify { path }) => block_on(verify_archive(path)),
     }
 }
 
-fn verify_archive(path: &std::path::Path) -> ExitCode {
-    use strata_connectors::sinks::cold::archive;
-    match archive::verify(path) {
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+/// Verifies the archive at `location`; a broken chain is an error naming the entry.
+async fn verify_archive(location: String) -> Result<(), String> {
+    use strata_connectors::sinks::cold::archive::Archive;
+    let archive = Archive::open(&location, &Default::default()).map_err(|e| e.to_string())?;
+    let report = archive.verify().await.map_err(|e| e.to_string())?;
+    match report.broken {
+        Some((partition, seq, problem)) => Err(format!(
+            "broken: manifest of partition {partition}, entry {seq}: {problem} ({} files and {} records before it verified)",
+            report.files, report.records
+        )),
+        None => {
+            println!(
+                "ok: {} manifests, {} files, {} records; every hash chain and file checks out",
+                report.manifests, report.files, report.records
+            );
+            Ok(())
         }
-        Ok(report) => match report.broken {
-            Some((manifest, seq, problem)) => {
-                eprintln!(
-                    "broken: {} entry {seq}: {problem} ({} files and {} records before it verified)",
-                    manifest.display(),
-                    report.files,
-                    report.records
-                );
-                ExitCode::FAILURE
-            }
-            None => {
-                println!(
-                    "ok: {} manifests, {} files, {} records; every hash chain and file checks out",
-                    report.manifests, report.files, report.records
-                );
-                ExitCode::SUCCESS
-            }
-        },
     }
 }
 

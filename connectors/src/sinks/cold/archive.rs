@@ -1,31 +1,49 @@
-//! The archive on disk: Avro object container files, and per input partition a manifest
-//! whose entries form a SHA-256 hash chain.
+//! The archive in an object store: Avro object container files, and per input partition
+//! a manifest whose entries form a SHA-256 hash chain.
 //!
-//! Layout under the root:
+//! Layout under the archive's root (a local directory, or `s3://bucket/prefix`):
 //! ```text
 //! date=2026-11-25/p0003-00000000000000001000-00000000000000001999-s17.avro
-//! manifest-p0003.jsonl
+//! manifest/p0003/00000000000000000042.json
 //! ```
 //! A file holds the records of one input partition, one writer schema (`s17`), over an
 //! offset range; its name is that range, so writing it again after a crash replaces it
-//! with the same content. Each manifest line lists a file with its SHA-256, its ranges and
-//! `prev` (the previous line's hash); the line's own `hash` covers all of that. Records at
-//! or below the manifest's last offset are skipped, so the archive holds each record once.
+//! with the same content. Each manifest entry is its own object (object stores have no
+//! append), named by its sequence number; it lists a file with its SHA-256, its ranges
+//! and `prev` (the previous entry's hash); the entry's own `hash` covers all of that.
+//! Records at or below the manifest's last offset are skipped, so the archive holds each
+//! record once.
 //!
-//! Durability order: file written to a temporary name, fsynced, renamed, directory
-//! fsynced; then the manifest line appended and fsynced. A crash before the manifest line
-//! leaves a file the manifest doesn't list, which the next write replaces.
+//! Durability order: the file is put (atomically: a staged upload, or on a local disk a
+//! temporary file renamed and then fsynced), then its manifest entry is put. A crash
+//! before the entry leaves a file the manifest doesn't list; the next write starts from
+//! the same offset and writes the records again.
+//!
+//! One writer per partition at a time (the consumer group's assignment) is assumed; the
+//! last entry of each partition is cached after the first read.
 
-use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
 
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
+    #[error("archive {location}: {source}")]
+    Store {
+        location: String,
+        #[source]
+        source: object_store::Error,
+    },
     #[error("archive I/O on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -34,19 +52,10 @@ pub enum ArchiveError {
     },
     #[error("cannot encode an archive file: {0}")]
     Avro(String),
-    #[error("manifest {path} line {line} is not a manifest entry: {detail}")]
-    BadManifest {
-        path: PathBuf,
-        line: usize,
-        detail: String,
-    },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
-    move |source| ArchiveError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error("manifest entry {location} is not a manifest entry: {detail}")]
+    BadManifest { location: String, detail: String },
+    #[error("archive location {location}: {detail}")]
+    Location { location: String, detail: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,42 +103,12 @@ fn hex(bytes: &[u8]) -> String {
 /// The hash a chain starts from.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-pub fn manifest_path(root: &Path, partition: i32) -> PathBuf {
-    root.join(format!("manifest-p{partition:04}.jsonl"))
+fn manifest_dir(partition: i32) -> Path {
+    Path::from(format!("manifest/p{partition:04}"))
 }
 
-pub fn read_manifest(path: &Path) -> Result<Vec<Entry>, ArchiveError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io(path)(e)),
-    };
-    let mut entries = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io(path))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str(&line) {
-            Ok(e) => entries.push(e),
-            // A torn last line (crash mid-append) is not part of the chain.
-            Err(_) if i + 1 == count_lines(path) => break,
-            Err(e) => {
-                return Err(ArchiveError::BadManifest {
-                    path: path.into(),
-                    line: i + 1,
-                    detail: e.to_string(),
-                })
-            }
-        }
-    }
-    Ok(entries)
-}
-
-fn count_lines(path: &Path) -> usize {
-    fs::read_to_string(path)
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
+fn entry_path(partition: i32, seq: u64) -> Path {
+    Path::from(format!("manifest/p{partition:04}/{seq:020}.json"))
 }
 
 /// One file's worth of records, already encoded as Avro datums of `schema`.
@@ -145,157 +124,321 @@ pub struct FileBatch<'a> {
     pub last_position: Option<String>,
 }
 
-/// Writes `batch` as a container file and appends it to its partition's manifest.
-pub fn append(root: &Path, batch: FileBatch<'_>) -> Result<Entry, ArchiveError> {
-    let dir = root.join(format!("date={}", batch.date));
-    fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let name = format!(
-        "date={}/p{:04}-{:020}-{:020}-s{}.avro",
-        batch.date, batch.partition, batch.first_offset, batch.last_offset, batch.schema_id
-    );
-    let path = root.join(&name);
-    let mut writer =
-        apache_avro::Writer::with_codec(batch.schema, Vec::new(), apache_avro::Codec::Null)
-            .map_err(|e| ArchiveError::Avro(e.to_string()))?;
-    let count = batch.records.len() as u64;
-    for r in batch.records {
-        writer
-            .append_value(r)
-            .map_err(|e| ArchiveError::Avro(e.to_string()))?;
-    }
-    let bytes = writer
-        .into_inner()
-        .map_err(|e| ArchiveError::Avro(e.to_string()))?;
-    let tmp = path.with_extension("avro.tmp");
-    {
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    fs::rename(&tmp, &path).map_err(io(&path))?;
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(&dir))?;
-
-    let manifest = manifest_path(root, batch.partition);
-    let previous = read_manifest(&manifest)?;
-    let mut entry = Entry {
-        seq: previous.last().map_or(0, |e| e.seq + 1),
-        file: name,
-        sha256: hex(&Sha256::digest(&bytes)),
-        records: count,
-        partition: batch.partition,
-        first_offset: batch.first_offset,
-        last_offset: batch.last_offset,
-        first_position: batch.first_position,
-        last_position: batch.last_position,
-        prev: previous
-            .last()
-            .map_or_else(|| GENESIS.to_string(), |e| e.hash.clone()),
-        hash: String::new(),
-    };
-    entry.hash = entry.compute_hash();
-    let mut line = serde_json::to_string(&entry).map_err(|e| ArchiveError::Avro(e.to_string()))?;
-    line.push('\n');
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&manifest)
-        .map_err(io(&manifest))?;
-    f.write_all(line.as_bytes()).map_err(io(&manifest))?;
-    f.sync_all().map_err(io(&manifest))?;
-    Ok(entry)
-}
-
-/// Last archived offset of each partition with a manifest under `root`.
-pub fn archived_offsets(root: &Path) -> Result<BTreeMap<i32, i64>, ArchiveError> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = fs::read_dir(root) else {
-        return Ok(out);
-    };
-    for item in dir.flatten() {
-        let name = item.file_name().to_string_lossy().to_string();
-        if let Some(p) = name
-            .strip_prefix("manifest-p")
-            .and_then(|s| s.strip_suffix(".jsonl"))
-        {
-            if let (Ok(p), Some(last)) = (p.parse::<i32>(), read_manifest(&item.path())?.last()) {
-                out.insert(p, last.last_offset);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// What `verify` found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verification {
     pub manifests: usize,
     pub files: usize,
     pub records: u64,
-    /// The first broken entry: (manifest, seq, what is wrong).
-    pub broken: Option<(PathBuf, u64, String)>,
+    /// The first broken entry: (partition, seq, what is wrong).
+    pub broken: Option<(i32, u64, String)>,
 }
 
-/// Recomputes every manifest's chain and every listed file's hash and record count.
-pub fn verify(root: &Path) -> Result<Verification, ArchiveError> {
-    let mut report = Verification {
-        manifests: 0,
-        files: 0,
-        records: 0,
-        broken: None,
-    };
-    let mut manifests: Vec<PathBuf> = fs::read_dir(root)
-        .map_err(io(root))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("manifest-p"))
-        })
-        .collect();
-    manifests.sort();
-    for manifest in manifests {
-        report.manifests += 1;
-        let mut prev = GENESIS.to_string();
-        for entry in read_manifest(&manifest)? {
-            let problem = if entry.prev != prev {
-                Some("its `prev` is not the previous entry's hash (an entry was removed or reordered)".to_string())
-            } else if entry.compute_hash() != entry.hash {
-                Some("its hash does not match its contents (the entry was edited)".to_string())
-            } else {
-                match fs::read(root.join(&entry.file)) {
-                    Err(e) => Some(format!("file {} cannot be read: {e}", entry.file)),
-                    Ok(bytes) if hex(&Sha256::digest(&bytes)) != entry.sha256 => Some(format!(
-                        "file {} does not match its SHA-256 (it was changed)",
-                        entry.file
-                    )),
-                    Ok(bytes) => match apache_avro::Reader::new(&bytes[..]) {
-                        Err(e) => {
-                            Some(format!("file {} is not an Avro container: {e}", entry.file))
-                        }
-                        Ok(reader) => {
-                            let n = reader.count() as u64;
-                            (n != entry.records).then(|| {
-                                format!(
-                                    "file {} holds {n} records, the manifest says {}",
-                                    entry.file, entry.records
-                                )
-                            })
-                        }
-                    },
-                }
-            };
-            if let Some(problem) = problem {
-                report.broken = Some((manifest.clone(), entry.seq, problem));
-                return Ok(report);
+/// An archive root in an object store.
+pub struct Archive {
+    store: Arc<dyn ObjectStore>,
+    /// Set when the archive is a local directory: written files are fsynced there.
+    local_root: Option<PathBuf>,
+    location: String,
+    /// Last manifest entry per partition, once read.
+    last: Mutex<HashMap<i32, Option<Entry>>>,
+}
+
+impl Archive {
+    /// A local directory (created when missing), or a URL: `file:///dir` or
+    /// `s3://bucket/prefix`. S3 settings come from the `AWS_*` environment variables
+    /// (credentials, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP` …) and then from `options`, whose
+    /// keys are object_store's S3 keys (`aws_endpoint`, `aws_region`, `aws_allow_http` …).
+    pub fn open(location: &str, options: &BTreeMap<String, String>) -> Result<Self, ArchiveError> {
+        let bad = |detail: String| ArchiveError::Location {
+            location: location.to_string(),
+            detail,
+        };
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket name (expected s3://bucket/prefix)".into()));
             }
-            report.files += 1;
-            report.records += entry.records;
-            prev = entry.hash.clone();
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            for (key, value) in options {
+                let key: AmazonS3ConfigKey = key.parse().map_err(|_| {
+                    bad(format!(
+                        "unknown S3 option `{key}` (use object_store's keys, e.g. aws_endpoint, aws_region, aws_allow_http)"
+                    ))
+                })?;
+                builder = builder.with_config(key, value);
+            }
+            let s3 = builder.build().map_err(|source| ArchiveError::Store {
+                location: location.to_string(),
+                source,
+            })?;
+            let store: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(PrefixStore::new(s3, prefix.trim_matches('/')))
+            };
+            return Ok(Self::with_store(store, None, location));
+        }
+        if location.contains("://") && !location.starts_with("file://") {
+            return Err(bad(
+                "unsupported scheme: use a directory path, file:///dir or s3://bucket/prefix"
+                    .into(),
+            ));
+        }
+        if !options.is_empty() {
+            return Err(bad("options apply to s3:// archives only".into()));
+        }
+        let dir = PathBuf::from(location.strip_prefix("file://").unwrap_or(location));
+        std::fs::create_dir_all(&dir).map_err(|source| ArchiveError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let store =
+            LocalFileSystem::new_with_prefix(&dir).map_err(|source| ArchiveError::Store {
+                location: location.to_string(),
+                source,
+            })?;
+        Ok(Self::with_store(Arc::new(store), Some(dir), location))
+    }
+
+    /// An archive over any object store (tests use `InMemory`).
+    pub fn with_store(
+        store: Arc<dyn ObjectStore>,
+        local_root: Option<PathBuf>,
+        location: &str,
+    ) -> Self {
+        Self {
+            store,
+            local_root,
+            location: location.to_string(),
+            last: Mutex::new(HashMap::new()),
         }
     }
-    Ok(report)
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn store_err(&self, path: &Path) -> impl FnOnce(object_store::Error) -> ArchiveError + '_ {
+        let location = format!("{}/{path}", self.location.trim_end_matches('/'));
+        move |source| ArchiveError::Store { location, source }
+    }
+
+    async fn put(&self, path: &Path, bytes: Vec<u8>) -> Result<(), ArchiveError> {
+        self.store
+            .put(path, PutPayload::from(bytes))
+            .await
+            .map_err(self.store_err(path))?;
+        if let Some(root) = &self.local_root {
+            // LocalFileSystem renames a staged file into place but does not fsync.
+            let file = root.join(path.as_ref());
+            let dir = file.parent().map(|d| d.to_path_buf()).unwrap_or_default();
+            tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&file).and_then(|f| f.sync_all())?;
+                std::fs::File::open(&dir).and_then(|d| d.sync_all())
+            })
+            .await
+            .map_err(|e| ArchiveError::Io {
+                path: root.clone(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| ArchiveError::Io {
+                path: root.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    pub async fn read(&self, path: &str) -> Result<Vec<u8>, ArchiveError> {
+        let path = Path::from(path);
+        let get = self.store.get(&path).await.map_err(self.store_err(&path))?;
+        Ok(get.bytes().await.map_err(self.store_err(&path))?.to_vec())
+    }
+
+    /// Paths of every object under `prefix` (or the whole archive), sorted.
+    pub async fn list(&self, prefix: Option<&str>) -> Result<Vec<String>, ArchiveError> {
+        let prefix = prefix.map(Path::from);
+        let root = Path::from("");
+        let mut paths: Vec<String> = self
+            .store
+            .list(prefix.as_ref())
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .map_err(self.store_err(prefix.as_ref().unwrap_or(&root)))?;
+        paths.sort();
+        Ok(paths)
+    }
+
+    /// Every entry of `partition`'s manifest, in chain order.
+    pub async fn manifest(&self, partition: i32) -> Result<Vec<Entry>, ArchiveError> {
+        let mut entries = Vec::new();
+        for path in self.list(Some(manifest_dir(partition).as_ref())).await? {
+            let bytes = self.read(&path).await?;
+            let entry = serde_json::from_slice(&bytes).map_err(|e| ArchiveError::BadManifest {
+                location: path.clone(),
+                detail: e.to_string(),
+            })?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    async fn last_entry(&self, partition: i32) -> Result<Option<Entry>, ArchiveError> {
+        if let Some(last) = self.last.lock().await.get(&partition) {
+            return Ok(last.clone());
+        }
+        let paths = self.list(Some(manifest_dir(partition).as_ref())).await?;
+        let last =
+            match paths.last() {
+                None => None,
+                Some(path) => Some(serde_json::from_slice(&self.read(path).await?).map_err(
+                    |e| ArchiveError::BadManifest {
+                        location: path.clone(),
+                        detail: e.to_string(),
+                    },
+                )?),
+            };
+        self.last.lock().await.insert(partition, last.clone());
+        Ok(last)
+    }
+
+    /// Partitions that have a manifest.
+    pub async fn partitions(&self) -> Result<Vec<i32>, ArchiveError> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&Path::from("manifest")))
+            .await
+            .map_err(self.store_err(&Path::from("manifest")))?;
+        let mut out: Vec<i32> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.strip_prefix('p')?.parse().ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Last archived offset of each partition with a manifest.
+    pub async fn archived_offsets(&self) -> Result<BTreeMap<i32, i64>, ArchiveError> {
+        let mut out = BTreeMap::new();
+        for p in self.partitions().await? {
+            if let Some(last) = self.last_entry(p).await? {
+                out.insert(p, last.last_offset);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `batch` as a container file, then its manifest entry.
+    pub async fn append(&self, batch: FileBatch<'_>) -> Result<Entry, ArchiveError> {
+        let name = format!(
+            "date={}/p{:04}-{:020}-{:020}-s{}.avro",
+            batch.date, batch.partition, batch.first_offset, batch.last_offset, batch.schema_id
+        );
+        let count = batch.records.len() as u64;
+        let bytes = encode(batch.schema, batch.records)?;
+        let sha256 = hex(&Sha256::digest(&bytes));
+        self.put(&Path::from(name.as_str()), bytes).await?;
+
+        let previous = self.last_entry(batch.partition).await?;
+        let mut entry = Entry {
+            seq: previous.as_ref().map_or(0, |e| e.seq + 1),
+            file: name,
+            sha256,
+            records: count,
+            partition: batch.partition,
+            first_offset: batch.first_offset,
+            last_offset: batch.last_offset,
+            first_position: batch.first_position,
+            last_position: batch.last_position,
+            prev: previous.map_or_else(|| GENESIS.to_string(), |e| e.hash),
+            hash: String::new(),
+        };
+        entry.hash = entry.compute_hash();
+        let json = serde_json::to_vec(&entry).map_err(|e| ArchiveError::Avro(e.to_string()))?;
+        self.put(&entry_path(entry.partition, entry.seq), json)
+            .await?;
+        self.last
+            .lock()
+            .await
+            .insert(entry.partition, Some(entry.clone()));
+        Ok(entry)
+    }
+
+    /// Recomputes every manifest's chain and every listed file's hash and record count.
+    pub async fn verify(&self) -> Result<Verification, ArchiveError> {
+        let mut report = Verification {
+            manifests: 0,
+            files: 0,
+            records: 0,
+            broken: None,
+        };
+        for partition in self.partitions().await? {
+            report.manifests += 1;
+            let mut prev = GENESIS.to_string();
+            for (expected_seq, entry) in self.manifest(partition).await?.into_iter().enumerate() {
+                let problem = if entry.seq != expected_seq as u64 {
+                    Some(format!(
+                        "entry {expected_seq} is missing (the next one found is {})",
+                        entry.seq
+                    ))
+                } else if entry.prev != prev {
+                    Some("its `prev` is not the previous entry's hash (an entry was removed or reordered)".to_string())
+                } else if entry.compute_hash() != entry.hash {
+                    Some("its hash does not match its contents (the entry was edited)".to_string())
+                } else {
+                    match self.read(&entry.file).await {
+                        Err(e) => Some(format!("file {} cannot be read: {e}", entry.file)),
+                        Ok(bytes) => check_file(&entry, &bytes),
+                    }
+                };
+                if let Some(problem) = problem {
+                    report.broken = Some((partition, expected_seq as u64, problem));
+                    return Ok(report);
+                }
+                report.files += 1;
+                report.records += entry.records;
+                prev = entry.hash.clone();
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn encode(
+    schema: &apache_avro::Schema,
+    records: Vec<apache_avro::types::Value>,
+) -> Result<Vec<u8>, ArchiveError> {
+    let avro = |e: apache_avro::Error| ArchiveError::Avro(e.to_string());
+    let mut writer = apache_avro::Writer::with_codec(schema, Vec::new(), apache_avro::Codec::Null)
+        .map_err(avro)?;
+    for r in records {
+        writer.append_value(r).map_err(avro)?;
+    }
+    writer.into_inner().map_err(avro)
+}
+
+fn check_file(entry: &Entry, bytes: &[u8]) -> Option<String> {
+    if hex(&Sha256::digest(bytes)) != entry.sha256 {
+        return Some(format!(
+            "file {} does not match its SHA-256 (it was changed)",
+            entry.file
+        ));
+    }
+    match apache_avro::Reader::new(bytes) {
+        Err(e) => Some(format!("file {} is not an Avro container: {e}", entry.file)),
+        Ok(reader) => {
+            let n = reader.count() as u64;
+            (n != entry.records).then(|| {
+                format!(
+                    "file {} holds {n} records, the manifest says {}",
+                    entry.file, entry.records
+                )
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -303,7 +446,14 @@ mod tests {
     use super::*;
     use apache_avro::types::Value;
 
-    fn batch<'a>(schema: &'a apache_avro::Schema, first: i64, n: i64) -> FileBatch<'a> {
+    fn schema() -> apache_avro::Schema {
+        apache_avro::Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[{"name":"n","type":"long"}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn batch(schema: &apache_avro::Schema, first: i64, n: i64) -> FileBatch<'_> {
         FileBatch {
             date: "2026-11-25".into(),
             partition: 1,
@@ -319,52 +469,80 @@ mod tests {
         }
     }
 
-    #[test]
-    fn chain_verifies_and_catches_tampering() {
+    /// A fresh handle on the same directory, as after a restart.
+    fn reopen(dir: &tempfile::TempDir) -> Archive {
+        Archive::open(dir.path().to_str().unwrap(), &BTreeMap::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn chain_verifies_and_catches_tampering() {
         let dir = tempfile::tempdir().unwrap();
-        let schema = apache_avro::Schema::parse_str(
-            r#"{"type":"record","name":"R","fields":[{"name":"n","type":"long"}]}"#,
-        )
-        .unwrap();
-        append(dir.path(), batch(&schema, 0, 10)).unwrap();
-        let second = append(dir.path(), batch(&schema, 10, 5)).unwrap();
-        append(dir.path(), batch(&schema, 15, 5)).unwrap();
-        let ok = verify(dir.path()).unwrap();
+        let schema = schema();
+        let archive = reopen(&dir);
+        archive.append(batch(&schema, 0, 10)).await.unwrap();
+        let second = archive.append(batch(&schema, 10, 5)).await.unwrap();
+        archive.append(batch(&schema, 15, 5)).await.unwrap();
+        let ok = reopen(&dir).verify().await.unwrap();
         assert_eq!((ok.files, ok.records, ok.broken), (3, 20, None));
-        assert_eq!(archived_offsets(dir.path()).unwrap()[&1], 19);
+        assert_eq!(reopen(&dir).archived_offsets().await.unwrap()[&1], 19);
 
         // Flip one byte of the second file.
         let path = dir.path().join(&second.file);
-        let mut bytes = fs::read(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        fs::write(&path, bytes).unwrap();
-        let bad = verify(dir.path()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        let bad = reopen(&dir).verify().await.unwrap();
         let (_, seq, why) = bad.broken.expect("tampering caught");
         assert_eq!(seq, 1);
         assert!(why.contains("SHA-256"), "{why}");
     }
 
-    #[test]
-    fn edited_or_removed_entries_break_the_chain() {
+    #[tokio::test]
+    async fn edited_or_removed_entries_break_the_chain() {
         let dir = tempfile::tempdir().unwrap();
-        let schema = apache_avro::Schema::parse_str(
-            r#"{"type":"record","name":"R","fields":[{"name":"n","type":"long"}]}"#,
-        )
-        .unwrap();
+        let schema = schema();
+        let archive = reopen(&dir);
         for i in 0..3 {
-            append(dir.path(), batch(&schema, i * 10, 10)).unwrap();
+            archive.append(batch(&schema, i * 10, 10)).await.unwrap();
         }
-        let manifest = manifest_path(dir.path(), 1);
-        let text = fs::read_to_string(&manifest).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        fs::write(&manifest, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
-        let (_, seq, why) = verify(dir.path()).unwrap().broken.unwrap();
-        assert_eq!(seq, 2);
-        assert!(why.contains("prev"), "{why}");
-        fs::write(&manifest, text.replace("\"records\":10", "\"records\":9")).unwrap();
-        let (_, seq, why) = verify(dir.path()).unwrap().broken.unwrap();
+        let entry = |seq| dir.path().join(entry_path(1, seq).as_ref());
+        let first = std::fs::read_to_string(entry(0)).unwrap();
+        std::fs::write(entry(0), first.replace("\"records\":10", "\"records\":9")).unwrap();
+        let (_, seq, why) = reopen(&dir).verify().await.unwrap().broken.unwrap();
         assert_eq!(seq, 0);
         assert!(why.contains("edited"), "{why}");
+        std::fs::write(entry(0), first).unwrap();
+
+        std::fs::remove_file(entry(1)).unwrap();
+        let (_, seq, why) = reopen(&dir).verify().await.unwrap().broken.unwrap();
+        assert_eq!(seq, 1);
+        assert!(why.contains("missing"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn works_on_any_object_store() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let archive = Archive::with_store(store.clone(), None, "memory://");
+        let schema = schema();
+        archive.append(batch(&schema, 0, 4)).await.unwrap();
+        archive.append(batch(&schema, 4, 4)).await.unwrap();
+        let again = Archive::with_store(store, None, "memory://");
+        assert_eq!(again.archived_offsets().await.unwrap()[&1], 7);
+        let report = again.verify().await.unwrap();
+        assert_eq!((report.manifests, report.files, report.records), (1, 2, 8));
+    }
+
+    #[test]
+    fn bad_locations_say_what_to_use() {
+        let none = BTreeMap::new();
+        let err = Archive::open("gs://bucket/x", &none)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("s3://bucket/prefix"), "{err}");
+        let opts = BTreeMap::from([("aws_endpointt".to_string(), "x".to_string())]);
+        let err = Archive::open("s3://b/p", &opts).err().unwrap().to_string();
+        assert!(err.contains("unknown S3 option `aws_endpointt`"), "{err}");
     }
 }

@@ -1,14 +1,26 @@
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use strata_pipeline::secret::Secret;
 use strata_pipeline::topology::units::{Duration, Size};
 use strata_pipeline::topology::{DiagnosticKind, SettingsError};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColdSinkConfig {
-    /// Root directory of the archive.
-    pub path: PathBuf,
+    /// Root of the archive: a local directory, `file:///dir`, or `s3://bucket/prefix`
+    /// for an S3-compatible object store.
+    pub path: String,
+    /// S3 settings, with object_store's keys (`aws_endpoint`, `aws_region`,
+    /// `aws_allow_http`, `aws_virtual_hosted_style_request` …). Unset ones come from the
+    /// `AWS_*` environment variables.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// S3 credentials, when not in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
     /// A file is closed when it reaches this size…
     #[serde(default = "default_file_size")]
     pub max_file_size: Size,
@@ -36,9 +48,29 @@ fn default_roll() -> Duration {
 }
 
 impl ColdSinkConfig {
+    /// The object-store options with the credentials added.
+    pub fn store_options(&self) -> BTreeMap<String, String> {
+        let mut options = self.options.clone();
+        if let Some(id) = &self.access_key_id {
+            options.insert("aws_access_key_id".into(), id.clone());
+        }
+        if let Some(secret) = &self.secret_access_key {
+            options.insert("aws_secret_access_key".into(), secret.expose().to_string());
+        }
+        options
+    }
+
     pub fn check(&self) -> Vec<SettingsError> {
         let mut errors = Vec::new();
-        if self.path.as_os_str().is_empty() {
+        if self.options.keys().any(|k| k.contains("secret")) {
+            errors.push(SettingsError {
+                kind: DiagnosticKind::InvalidValue,
+                path: "options".into(),
+                message: "secrets do not belong in options, which may be printed".into(),
+                hint: Some("use secret_access_key: ${AWS_SECRET_ACCESS_KEY}".into()),
+            });
+        }
+        if self.path.is_empty() {
             errors.push(SettingsError {
                 kind: DiagnosticKind::InvalidValue,
                 path: "path".into(),

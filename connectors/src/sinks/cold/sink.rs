@@ -3,7 +3,6 @@
 //! the warmer stores.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use apache_avro::types::Value;
@@ -12,12 +11,15 @@ use strata_pipeline::avro::Codec;
 use strata_pipeline::runtime::processor::record_field;
 use strata_pipeline::runtime::{Rejected, Sink, SinkError, SinkRecord};
 
-use super::archive::{self, FileBatch};
+use super::archive::{Archive, ArchiveError, FileBatch};
 use super::config::ColdSinkConfig;
 use crate::sinks::pg_store::PgStore;
 
 pub struct ColdSink {
-    root: PathBuf,
+    location: String,
+    options: BTreeMap<String, String>,
+    /// Opened by `open`.
+    archive: Option<Archive>,
     codec: Arc<Codec>,
     schemas: HashMap<u32, &'static apache_avro::Schema>,
     /// Last archived offset per input partition (from the manifests).
@@ -28,7 +30,9 @@ pub struct ColdSink {
 impl ColdSink {
     pub fn new(config: &ColdSinkConfig, codec: Arc<Codec>) -> Self {
         Self {
-            root: config.path.clone(),
+            location: config.path.clone(),
+            options: config.store_options(),
+            archive: None,
             codec,
             schemas: HashMap::new(),
             archived: BTreeMap::new(),
@@ -122,11 +126,11 @@ impl ColdSink {
                     first_position: position(run[0]),
                     last_position: position(run[run.len() - 1]),
                 };
-                let root = self.root.clone();
-                let entry = tokio::task::spawn_blocking(move || archive::append(&root, batch))
-                    .await
-                    .map_err(|e| SinkError::Fatal(e.to_string()))?
-                    .map_err(|e| SinkError::Transient(e.to_string()))?;
+                let archive = self
+                    .archive
+                    .as_ref()
+                    .ok_or_else(|| SinkError::Fatal("the archive was not opened".into()))?;
+                let entry = archive.append(batch).await.map_err(transient)?;
                 self.archived.insert(partition, entry.last_offset);
                 start = end;
             }
@@ -141,11 +145,17 @@ impl ColdSink {
 impl Sink for ColdSink {
     fn open(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            std::fs::create_dir_all(&self.root).map_err(|e| {
-                SinkError::Transient(format!("creating {}: {e}", self.root.display()))
+            let archive = match Archive::open(&self.location, &self.options) {
+                Err(e @ ArchiveError::Location { .. }) => {
+                    return Err(SinkError::Fatal(e.to_string()))
+                }
+                other => other.map_err(transient)?,
+            };
+            self.archived = archive.archived_offsets().await.map_err(|e| match e {
+                ArchiveError::BadManifest { .. } => SinkError::Fatal(e.to_string()),
+                e => transient(e),
             })?;
-            self.archived = archive::archived_offsets(&self.root)
-                .map_err(|e| SinkError::Fatal(e.to_string()))?;
+            self.archive = Some(archive);
             for store in &mut self.evict {
                 store.open().await?;
             }
@@ -159,4 +169,9 @@ impl Sink for ColdSink {
     ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>> {
         Box::pin(self.write_batch(records))
     }
+}
+
+/// Store and disk errors are retried; the sink's backoff bounds how often.
+fn transient(e: ArchiveError) -> SinkError {
+    SinkError::Transient(e.to_string())
 }
