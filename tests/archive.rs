@@ -148,6 +148,33 @@ async fn local_archive_holds_each_record_once_and_catches_tampering() {
     );
 }
 
+#[tokio::test]
+async fn a_broken_manifest_stops_writes_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("archive");
+    let config: ColdSinkConfig =
+        serde_json::from_value(json!({ "path": root.to_str().unwrap() })).unwrap();
+    let (codec, id) = codec_and_schema().await;
+    let mut sink = ColdSink::new(&config, codec.clone());
+    sink.open().await.unwrap();
+    sink.write(&records(id, 0..10)).await.unwrap();
+    sink.write(&records(id, 10..20)).await.unwrap();
+    // Remove the first entry of partition 0's manifest.
+    std::fs::remove_file(root.join("manifest/p0000/00000000000000000000.json")).unwrap();
+
+    let mut sink = ColdSink::new(&config, codec);
+    let err = sink.open().await.err().expect("a broken chain is refused");
+    let message = err.to_string();
+    assert!(
+        matches!(err, strata_pipeline::runtime::SinkError::Fatal(_)),
+        "{message}"
+    );
+    assert!(
+        message.contains("partition 0, entry 0") && message.contains("strata archive verify"),
+        "{message}"
+    );
+}
+
 /// moto's server, or `None` (test skipped with a note) when scripts/services.sh found no
 /// moto to start; scripts/test.sh refuses to run without it, so CI always runs this.
 fn s3_endpoint() -> Option<String> {

@@ -283,7 +283,28 @@ impl PgStore {
     ) -> Result<Option<Vec<Rejected>>, SinkError> {
         let mut rejected = Vec::new();
         let mut tx = pool.begin().await.map_err(transient)?;
-        for (index, record) in records.iter().enumerate() {
+        let mut next = 0;
+        while next < records.len() {
+            let (index, record) = (next, &records[next]);
+            next += 1;
+            if !careful {
+                // Consecutive plain upserts of one table go in one statement.
+                let (name, table, run) = self.upsert_run(&records[index..]);
+                if let (Some(table), true) = (table, run.len() > 1) {
+                    let rows: Vec<(&Row, &str)> = run
+                        .iter()
+                        .filter_map(|c| Some((c.after.as_ref()?, c.position.as_str())))
+                        .collect();
+                    let qualified = format!("{}.{name}", self.schema);
+                    match upsert_many(&mut tx, &qualified, &table, &rows).await {
+                        Ok(()) => {}
+                        Err(WriteError::Db(e)) if !is_data_error(&e) => return Err(transient(e)),
+                        Err(_) => return Ok(None),
+                    }
+                    next = index + run.len();
+                    continue;
+                }
+            }
             if careful {
                 sqlx::query("SAVEPOINT record")
                     .execute(&mut *tx)
@@ -311,6 +332,37 @@ impl PgStore {
         }
         tx.commit().await.map_err(transient)?;
         Ok(Some(rejected))
+    }
+
+    /// The changes at the start of `records` that are plain upserts of one table (no
+    /// partition, no eviction), with that table's name and description.
+    fn upsert_run(&self, records: &[SinkRecord]) -> (String, Option<Table>, Vec<Change>) {
+        let (mut name, mut table, mut run) = (String::new(), None, Vec::new());
+        for record in records {
+            let Some(value) = &record.value else { break };
+            if record_field(value, "analysis_id").is_some() {
+                break;
+            }
+            let Ok((change, this)) = parse_change(record, value) else {
+                break;
+            };
+            let plain = change.after.is_some() && change.op != "t" && change.op != "d";
+            let evicts = self.evict_from.is_some() && this.starts_with("claim");
+            if !plain || evicts || (!run.is_empty() && this != name) {
+                break;
+            }
+            match self.tables.get(&this) {
+                Some(t) if t.partition_by.is_none() => {
+                    if run.is_empty() {
+                        table = Some(t.clone());
+                        name = this;
+                    }
+                    run.push(change);
+                }
+                _ => break,
+            }
+        }
+        (name, table, run)
     }
 
     /// Deletes from this store every claim row in `records` that is not newer than the
@@ -638,6 +690,76 @@ async fn upsert(
         }
     }
     query.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Upserts many rows of one table in one statement: each column as a text array,
+/// unnested and cast. One statement may not touch a row twice, so only the newest
+/// version of each key is sent; the position guard is the same as [`upsert`]'s.
+async fn upsert_many(
+    conn: &mut sqlx::PgConnection,
+    qualified: &str,
+    table: &Table,
+    rows: &[(&Row, &str)],
+) -> Result<(), WriteError> {
+    let text = |row: &Row, c: &str, ty: &str| column(row, c).and_then(|v| to_text(v, ty));
+    let mut newest: HashMap<Vec<String>, usize> = HashMap::new();
+    for (i, (row, position)) in rows.iter().enumerate() {
+        let mut key = Vec::with_capacity(table.key.len());
+        for k in &table.key {
+            key.push(text(row, k, table.column_type(k)).ok_or_else(|| {
+                WriteError::Refused(
+                    "store.no_key",
+                    format!("{qualified}: key column {k} is missing"),
+                )
+            })?);
+        }
+        let slot = newest.entry(key).or_insert(i);
+        if rows[*slot].1 < *position {
+            *slot = i;
+        }
+    }
+    let mut keep: Vec<usize> = newest.into_values().collect();
+    keep.sort_unstable();
+
+    let mut columns: Vec<Vec<Option<String>>> =
+        vec![Vec::with_capacity(keep.len()); table.columns.len()];
+    let mut positions = Vec::with_capacity(keep.len());
+    for &i in &keep {
+        let (row, position) = rows[i];
+        for (values, (c, ty)) in columns.iter_mut().zip(&table.columns) {
+            values.push(text(row, c, ty));
+        }
+        positions.push(position.to_string());
+    }
+    let n = table.columns.len();
+    let cols: Vec<&str> = table.columns.iter().map(|(c, _)| c.as_str()).collect();
+    let casts: Vec<String> = table
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, (_, ty))| format!("u.c{i}::{ty}"))
+        .collect();
+    let arrays: Vec<String> = (1..=n + 1).map(|i| format!("${i}::text[]")).collect();
+    let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let updates: Vec<String> = cols.iter().map(|c| format!("{c} = excluded.{c}")).collect();
+    let sql = format!(
+        "INSERT INTO {qualified} AS t ({cols}, _position)
+         SELECT {casts}, u.pos FROM UNNEST({arrays}) AS u({names}, pos)
+         ON CONFLICT ({key}) DO UPDATE SET {updates}, _position = excluded._position, _written_at = now()
+         WHERE t._position < excluded._position",
+        cols = cols.join(", "),
+        casts = casts.join(", "),
+        arrays = arrays.join(", "),
+        names = names.join(", "),
+        key = table.key.join(", "),
+        updates = updates.join(", "),
+    );
+    let mut query = sqlx::query(&sql);
+    for values in columns {
+        query = query.bind(values);
+    }
+    query.bind(positions).execute(&mut *conn).await?;
     Ok(())
 }
 

@@ -151,6 +151,16 @@ impl Sink for ColdSink {
                 }
                 other => other.map_err(transient)?,
             };
+            // Never extend a broken chain: the archive must be repaired or moved first.
+            let chains = archive.check_chains().await.map_err(transient)?;
+            if let Some((partition, seq, problem)) = chains.broken {
+                return Err(SinkError::Fatal(format!(
+                    "the archive at {} is broken (manifest of partition {partition}, entry {seq}: {problem}); \
+                     writes stop here. Run `strata archive verify {}`, restore the archive from a copy, \
+                     or point `path` at a new location",
+                    self.location, self.location
+                )));
+            }
             self.archived = archive.archived_offsets().await.map_err(|e| match e {
                 ArchiveError::BadManifest { .. } => SinkError::Fatal(e.to_string()),
                 e => transient(e),
