@@ -163,7 +163,7 @@ async fn a_broken_manifest_stops_writes_with_a_clear_error() {
     std::fs::remove_file(root.join("manifest/p0000/00000000000000000000.json")).unwrap();
 
     let mut sink = ColdSink::new(&config, codec);
-    let err = sink.open().await.err().expect("a broken chain is refused");
+    let err = sink.open().await.expect_err("a broken chain is refused");
     let message = err.to_string();
     assert!(
         matches!(err, strata_pipeline::runtime::SinkError::Fatal(_)),
