@@ -15,6 +15,7 @@ use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
+use super::plan::Plan;
 use super::registry_client::{RegistryClient, RegistryClientError};
 use super::wire::{self, WireError};
 use crate::topology::RegistrySettings;
@@ -85,6 +86,8 @@ struct WriterInner {
     id: u32,
     schema: &'static Schema,
     writer: GenericDatumWriter<'static>,
+    /// The fast path, when the schema compiles (see [`Plan`]).
+    plan: Option<Plan>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -108,6 +111,13 @@ impl Writer {
     /// Appends the framed encoding of `value` to `out`.
     pub fn encode_into(&self, value: &Value, out: &mut Vec<u8>) -> Result<(), CodecError> {
         wire::write_header(self.inner.id, out);
+        if let Some(plan) = &self.inner.plan {
+            let mark = out.len();
+            if plan.encode(value, out).is_some() {
+                return Ok(());
+            }
+            out.truncate(mark);
+        }
         self.inner
             .writer
             .write_value_ref(out, value)
@@ -127,6 +137,7 @@ impl Writer {
 
 struct ReaderEntry {
     reader: GenericDatumReader<'static>,
+    plan: Option<Plan>,
 }
 
 /// A decoded record: the writer's schema id, its schema and the value.
@@ -199,6 +210,7 @@ impl Codec {
                 id,
                 schema: parsed,
                 writer,
+                plan: Plan::compile(parsed),
             }),
         };
         self.writers
@@ -237,7 +249,10 @@ impl Codec {
                     subject,
                     detail: e.to_string(),
                 })?;
-        let entry = Arc::new(ReaderEntry { reader });
+        let entry = Arc::new(ReaderEntry {
+            reader,
+            plan: Plan::compile(schema),
+        });
         self.readers
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -267,6 +282,12 @@ impl Codec {
         id: u32,
         mut payload: &[u8],
     ) -> Result<Decoded, CodecError> {
+        if let Some(plan) = &entry.plan {
+            let mut input = payload;
+            if let Some(value) = plan.decode(&mut input).filter(|_| input.is_empty()) {
+                return Ok(Decoded { id, value });
+            }
+        }
         let value = entry
             .reader
             .read_value(&mut payload)

@@ -2,6 +2,7 @@
 //! mapping shared by the sources, and the cached encoder/decoder.
 
 mod codec;
+pub mod plan;
 mod registry_client;
 pub mod schemas;
 pub mod types;
