@@ -6,6 +6,11 @@
 //! cargo bench --bench sinks          (STRATA_BENCH_ROWS, default 100000)
 //! Goal (issue 8): ≥ 50k rows/s into PostgreSQL.
 
+/// Decoded events are trees of small allocations, which mimalloc serves faster than the
+/// system allocator; benchmarks use the allocator the binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,24 +112,32 @@ fn rate(rows: usize, seconds: f64) -> String {
     format!("{seconds:>7.2} s  {:>9.0} rows/s", rows as f64 / seconds)
 }
 
-/// A new database on the local cluster; returns its URL.
-async fn fresh_database(name: &str) -> String {
-    let admin = env(
+fn admin_url() -> String {
+    env(
         "STRATA_PG_ADMIN_URL",
         "postgres://postgres@127.0.0.1:15432/postgres",
-    );
-    let mut c = sqlx::PgConnection::connect(&admin)
+    )
+}
+
+async fn drop_database(name: &str) {
+    let mut c = sqlx::PgConnection::connect(&admin_url())
         .await
         .expect("is PostgreSQL up? (scripts/services.sh start)");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&mut c)
         .await
         .unwrap();
+}
+
+/// A new database on the local cluster; returns its URL.
+async fn fresh_database(name: &str) -> String {
+    drop_database(name).await;
+    let mut c = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut c)
         .await
         .unwrap();
-    admin.rsplit_once('/').unwrap().0.to_string() + "/" + name
+    admin_url().rsplit_once('/').unwrap().0.to_string() + "/" + name
 }
 
 async fn count(url: &str) -> usize {
@@ -329,4 +342,7 @@ async fn main() {
         (e2e_rows as f64 / e2e) / (rows as f64 / raw_consume)
     );
     println!("goal: ≥ 50k rows/s into PostgreSQL");
+    for suffix in ["mem", "e2e"] {
+        drop_database(&format!("{run}_{suffix}")).await;
+    }
 }

@@ -4,6 +4,11 @@
 //! cargo bench --bench state
 //! Goal (issue 6): ≥ 200k events/s per core.
 
+/// Decoded events are trees of small allocations, which mimalloc serves faster than the
+/// system allocator; benchmarks use the allocator the binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use apache_avro::types::Value;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use strata_pipeline::runtime::harness::{store_names, Harness};

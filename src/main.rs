@@ -1,5 +1,10 @@
 //! `strata`: run, check and inspect Strata pipelines.
 
+/// Decoded events are trees of small allocations, which mimalloc serves faster than the
+/// system allocator; benchmarks use the allocator the binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod run;
 
 use std::net::SocketAddr;

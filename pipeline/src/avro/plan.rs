@@ -129,6 +129,8 @@ impl Plan {
             (Plan::Bytes, Value::Bytes(b)) => write_bytes(b, out),
             (Plan::String, Value::String(s)) => write_bytes(s.as_bytes(), out),
             (Plan::UuidString, Value::Uuid(u)) => write_bytes(u.to_string().as_bytes(), out),
+            // Sources hand uuids over as their text, which apache-avro writes as is.
+            (Plan::UuidString, Value::String(s)) => write_bytes(s.as_bytes(), out),
             (Plan::DecimalBytes, Value::Decimal(d)) => {
                 write_bytes(&Vec::<u8>::try_from(d).ok()?, out)
             }
