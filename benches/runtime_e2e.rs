@@ -72,9 +72,15 @@ fn env(name: &str, default: &str) -> String {
 
 #[tokio::main]
 async fn main() {
-    let events: usize = env("STRATA_BENCH_EVENTS", "100000")
-        .parse()
-        .expect("a number");
+    // `cargo test` runs benches without `--bench`: then a small smoke run proves it works.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let events: usize = if smoke {
+        2_000
+    } else {
+        env("STRATA_BENCH_EVENTS", "100000")
+            .parse()
+            .expect("a number")
+    };
     let kafka: KafkaSettings = serde_yaml_ng::from_str(&format!(
         "{{bootstrap_servers: '{}'}}",
         env("STRATA_KAFKA_BROKERS", "127.0.0.1:19092")

@@ -150,9 +150,15 @@ async fn count(url: &str) -> usize {
 
 #[tokio::main]
 async fn main() {
-    let rows: usize = env("STRATA_BENCH_ROWS", "100000")
-        .parse()
-        .expect("a number");
+    // `cargo test` runs benches without `--bench`: then a small smoke run proves it works.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let rows: usize = if smoke {
+        2_000
+    } else {
+        env("STRATA_BENCH_ROWS", "100000")
+            .parse()
+            .expect("a number")
+    };
     let batch = 5_000;
     let run = format!("bench_sinks_{}", std::process::id());
     let codec = Arc::new(

@@ -10,6 +10,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use apache_avro::types::Value;
+use object_store::aws::AmazonS3Builder;
+use object_store::ObjectStoreExt;
 use serde_json::json;
 use strata_connectors::sinks::cold::archive::Archive;
 use strata_connectors::sinks::cold::{ColdSink, ColdSinkConfig};
@@ -219,20 +221,21 @@ async fn s3_archive_holds_each_record_once_and_catches_tampering() {
         .into_iter()
         .find(|p| p.ends_with(".avro"))
         .unwrap();
-    let url = format!("{endpoint}/{bucket}/claims/us-east/{victim}");
-    let mut bytes = http
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec();
+    // Tamper with the file through a separate S3 client, as an intruder would.
+    let s3 = AmazonS3Builder::new()
+        .with_bucket_name(&bucket)
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id("strata-test")
+        .with_secret_access_key("strata-test-secret")
+        .build()
+        .unwrap();
+    let key = object_store::path::Path::from(format!("claims/us-east/{victim}"));
+    let mut bytes = s3.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
-    let put = http.put(&url).body(bytes).send().await.unwrap();
-    assert!(put.status().is_success(), "{put:?}");
+    s3.put(&key, bytes.into()).await.unwrap();
 
     let env: BTreeMap<&str, &str> = BTreeMap::from([
         ("AWS_ENDPOINT", endpoint.as_str()),
