@@ -196,18 +196,28 @@ async fn snapshot_then_changes_reach_kafka_in_order() {
         .execute("DELETE FROM items WHERE id = 7")
         .await
         .unwrap();
+    // A truncate is one keyless `t` event for the table; a row inserted after it follows.
+    f.conn.execute("TRUNCATE items").await.unwrap();
+    f.conn
+        .execute("INSERT INTO items VALUES (102, 'after the truncate', 1.00)")
+        .await
+        .unwrap();
 
     let consumer = f.subscribe("items").await;
     let mut by_op: BTreeMap<String, usize> = BTreeMap::new();
     let mut positions: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    let mut truncated_at = None;
     let completed = tokio::time::timeout(Duration::from_secs(90), async {
-        while by_op.values().sum::<usize>() < 103 {
+        while by_op.values().sum::<usize>() < 105 {
             let msg = consumer.recv().await.expect("a record");
             let (op, position, id) = f.read(&msg).await;
-            positions
-                .entry(id.expect("every row change has a key"))
-                .or_default()
-                .push(position);
+            match id {
+                Some(id) => positions.entry(id).or_default().push(position),
+                None => {
+                    assert_eq!(op, "t", "only a truncate has no key");
+                    truncated_at = Some(position);
+                }
+            }
             *by_op.entry(op).or_default() += 1;
         }
     })
@@ -222,9 +232,19 @@ async fn snapshot_then_changes_reach_kafka_in_order() {
     }
     assert_eq!(by_op.get("r"), Some(&100), "{by_op:?}");
     assert_eq!(
-        (by_op.get("c"), by_op.get("u"), by_op.get("d")),
-        (Some(&1), Some(&1), Some(&1)),
+        (
+            by_op.get("c"),
+            by_op.get("u"),
+            by_op.get("d"),
+            by_op.get("t")
+        ),
+        (Some(&2), Some(&1), Some(&1), Some(&1)),
         "{by_op:?}"
+    );
+    let truncated_at = truncated_at.expect("the truncate arrived");
+    assert!(
+        positions[&101][0] < truncated_at && truncated_at < positions[&102][0],
+        "the truncate sits between the changes before and after it"
     );
     let five = &positions[&5];
     assert!(

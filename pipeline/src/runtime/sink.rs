@@ -7,8 +7,9 @@
 //!   crash or a retry; writing it twice must leave the store as writing it once (upserts
 //!   guarded by position, files named by their position range).
 //! - **Order.** Records of one input partition arrive in offset order, and a batch is
-//!   written before the next one starts; a sink may reorder within a batch only where the
-//!   position guard makes the order irrelevant.
+//!   written (and its offsets committed) before the next one is written; the next one is
+//!   read and held meanwhile, so at most two batches are in memory. A sink may reorder
+//!   within a batch only where the position guard makes the order irrelevant.
 //! - **Errors.** [`SinkError::Transient`] (store down, disk full) is retried with backoff
 //!   for as long as it lasts, holding back the input (back-pressure, nothing dropped).
 //!   A record the store can never take is returned as a [`Rejected`] and goes to the
@@ -114,42 +115,86 @@ pub async fn run_sink(
         .subscribe(&inputs)
         .map_err(kafka_error("subscribing"))?;
     let producer: FutureProducer = kafka::producer(&kafka_settings)?;
-    let write_seconds = metrics
-        .sink_write_seconds
-        .with_label_values(&[&spec.component]);
-    let batch_rows = metrics
-        .sink_batch_rows
-        .with_label_values(&[&spec.component]);
-    let (events_in, dead) = (
-        metrics.events_in.with_label_values(&[&spec.component]),
-        metrics.dead_letters.with_label_values(&[&spec.component]),
-    );
-    let events_out = metrics.events_out.with_label_values(&[&spec.component]);
+    let counters = Counters {
+        write_seconds: metrics
+            .sink_write_seconds
+            .with_label_values(&[&spec.component]),
+        batch_rows: metrics
+            .sink_batch_rows
+            .with_label_values(&[&spec.component]),
+        events_in: metrics.events_in.with_label_values(&[&spec.component]),
+        events_out: metrics.events_out.with_label_values(&[&spec.component]),
+        dead: metrics.dead_letters.with_label_values(&[&spec.component]),
+    };
     let mut backoff = Backoff::new(&shutdown, &spec.component);
     while let Err(e) = sink.open().await {
         backoff.after(e).await?;
     }
     tracing::info!(component = %spec.component, inputs = ?spec.inputs, "sink started");
 
+    // One batch is written while the next is read: at most two batches in memory.
     let mut watchdog = crate::kafka::rejoin::Watchdog::new(&spec.inputs);
-    loop {
-        super::off_async(|| watchdog.check(&consumer, &spec.component));
-        let first = tokio::select! {
-            m = consumer.recv() => m,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
-            _ = shutdown.cancelled() => break,
-        };
-        let mut messages: Vec<OwnedMessage> = Vec::new();
-        match first {
-            Ok(m) => messages.push(m.detach()),
-            Err(e) => {
-                tracing::warn!(component = %spec.component, error = %e, "consumer error; librdkafka retries");
-                continue;
+    let io = BatchIo {
+        spec: &spec,
+        consumer: &consumer,
+        producer: &producer,
+        codec: &codec,
+        shutdown: &shutdown,
+        counters: &counters,
+    };
+    let mut batch = io.collect(&mut watchdog).await;
+    while let Some(messages) = batch {
+        let ((), next) = futures::future::try_join(io.deliver(&messages, sink.as_mut()), async {
+            Ok(io.collect(&mut watchdog).await)
+        })
+        .await?;
+        batch = next;
+    }
+    tracing::info!(component = %spec.component, "sink drained");
+    Ok(())
+}
+
+struct Counters {
+    write_seconds: prometheus::Histogram,
+    batch_rows: prometheus::Histogram,
+    events_in: prometheus::IntCounter,
+    events_out: prometheus::IntCounter,
+    dead: prometheus::IntCounter,
+}
+
+/// What reading and delivering a batch borrow from [`run_sink`].
+struct BatchIo<'a> {
+    spec: &'a SinkSpec,
+    consumer: &'a StreamConsumer,
+    producer: &'a FutureProducer,
+    codec: &'a Codec,
+    shutdown: &'a CancellationToken,
+    counters: &'a Counters,
+}
+
+impl BatchIo<'_> {
+    /// The next batch: up to `max_rows` messages, waiting at most `max_wait` after the
+    /// first; `None` once shutdown is requested.
+    async fn collect(
+        &self,
+        watchdog: &mut crate::kafka::rejoin::Watchdog,
+    ) -> Option<Vec<OwnedMessage>> {
+        let spec = self.spec;
+        let first = loop {
+            super::off_async(|| watchdog.check(self.consumer, &spec.component));
+            tokio::select! {
+                m = self.consumer.recv() => match m {
+                    Ok(m) => break m.detach(),
+                    Err(e) => tracing::warn!(component = %spec.component, error = %e, "consumer error; librdkafka retries"),
+                },
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = self.shutdown.cancelled() => return None,
             }
-        }
+        };
+        let mut messages = vec![first];
         let deadline = tokio::time::Instant::now() + spec.max_wait;
         while messages.len() < spec.max_rows {
-            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Ok(Ok(m)) => messages.push(m.detach()),
                 Ok(Err(e)) => {
                     tracing::warn!(component = %spec.component, error = %e, "consumer error")
@@ -157,14 +202,24 @@ pub async fn run_sink(
                 Err(_) => break,
             }
         }
-        events_in.inc_by(messages.len() as u64);
+        self.counters.events_in.inc_by(messages.len() as u64);
+        Some(messages)
+    }
 
+    /// Decodes `messages`, writes them (retrying with backoff), dead-letters what the
+    /// store refused or could not be decoded, then commits the batch's offsets.
+    async fn deliver(
+        &self,
+        messages: &[OwnedMessage],
+        sink: &mut dyn Sink,
+    ) -> Result<(), RuntimeError> {
+        let spec = self.spec;
         let mut records = Vec::with_capacity(messages.len());
         let mut undecodable = Vec::new();
-        for m in &messages {
+        for m in messages {
             match (
-                decode(&codec, m.key()).await,
-                decode(&codec, m.payload()).await,
+                decode(self.codec, m.key()).await,
+                decode(self.codec, m.payload()).await,
             ) {
                 (Ok(key), Ok(value)) => records.push(SinkRecord {
                     topic: m.topic().to_string(),
@@ -179,16 +234,20 @@ pub async fn run_sink(
             }
         }
         let started = Instant::now();
-        let mut backoff = Backoff::new(&shutdown, &spec.component);
+        let mut backoff = Backoff::new(self.shutdown, &spec.component);
         let rejected = loop {
             match sink.write(&records).await {
                 Ok(rejected) => break rejected,
                 Err(e) => backoff.after(e).await?,
             }
         };
-        write_seconds.observe(started.elapsed().as_secs_f64());
-        batch_rows.observe(records.len() as f64);
-        events_out.inc_by((records.len() - rejected.len()) as u64);
+        self.counters
+            .write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.counters.batch_rows.observe(records.len() as f64);
+        self.counters
+            .events_out
+            .inc_by((records.len() - rejected.len()) as u64);
 
         let by_offset: HashMap<(&str, i32, i64), &OwnedMessage> = messages
             .iter()
@@ -237,32 +296,34 @@ pub async fn run_sink(
             if let Some(v) = m.payload() {
                 record = record.payload(v);
             }
-            producer
+            self.producer
                 .send(record, Duration::from_secs(60))
                 .await
                 .map_err(|(source, _)| RuntimeError::KafkaIo {
                     what: format!("writing to {}", spec.dead_letter),
                     source,
                 })?;
-            dead.inc();
+            self.counters.dead.inc();
         }
 
         let mut next: HashMap<(&str, i32), i64> = HashMap::new();
-        for m in &messages {
+        for m in messages {
             let e = next.entry((m.topic(), m.partition())).or_insert(0);
             *e = (*e).max(m.offset() + 1);
         }
         let mut tpl = TopicPartitionList::new();
         for ((topic, p), offset) in next {
             tpl.add_partition_offset(topic, p, Offset::Offset(offset))
-                .map_err(kafka_error("building the offset commit"))?;
+                .map_err(|source| RuntimeError::KafkaIo {
+                    what: "building the offset commit".into(),
+                    source,
+                })?;
         }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
             tracing::warn!(component = %spec.component, error = %e, "offset commit failed; the batch may be written again, harmlessly");
         }
+        Ok(())
     }
-    tracing::info!(component = %spec.component, "sink drained");
-    Ok(())
 }
 
 async fn decode(
