@@ -122,7 +122,7 @@ impl Components {
                 }
                 Err(e) => return Some(settings_error(e)),
             },
-            _ => return self.start_source(topology, component, shutdown),
+            _ => return self.start_source(topology, component, metrics, shutdown),
         };
         let spec = sink_spec(
             topology,
@@ -143,6 +143,7 @@ impl Components {
         &self,
         topology: &Topology,
         component: &Component,
+        metrics: &Metrics,
         shutdown: CancellationToken,
     ) -> Option<ComponentTask> {
         match component.kind.as_str() {
@@ -158,6 +159,7 @@ impl Components {
                     partitions: topology.topics.partitions,
                     replication_factor: topology.topics.replication_factor,
                     codec: self.codec.clone(),
+                    metrics: metrics.clone(),
                 };
                 Some(Box::pin(async move {
                     strata_connectors::postgres::source::run(&config, &ctx, shutdown)

@@ -60,6 +60,7 @@ async fn fixture(name: &str, setup_sql: &str, tables: &str) -> Fixture {
         partitions: 2,
         replication_factor: 1,
         codec: codec.clone(),
+        metrics: strata_pipeline::ops::metrics::Metrics::new(),
     };
     Fixture {
         url,
@@ -231,6 +232,21 @@ async fn snapshot_then_changes_reach_kafka_in_order() {
         panic!("all events within 90 s; got {by_op:?}; source: {source}");
     }
     assert_eq!(by_op.get("r"), Some(&100), "{by_op:?}");
+    let metrics = &f.ctx.metrics;
+    let labels = [f.slot.as_str(), "public.items"];
+    assert_eq!(
+        metrics.snapshot_rows.with_label_values(&labels).get(),
+        100,
+        "snapshot rows done"
+    );
+    assert!(
+        metrics
+            .snapshot_rows_estimated
+            .with_label_values(&labels)
+            .get()
+            >= 100,
+        "estimated total, at least what was read"
+    );
     assert_eq!(
         (
             by_op.get("c"),

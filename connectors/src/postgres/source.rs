@@ -67,6 +67,8 @@ pub struct SourceContext {
     pub partitions: i32,
     pub replication_factor: i16,
     pub codec: std::sync::Arc<Codec>,
+    /// Snapshot progress (`strata_snapshot_rows`, `strata_snapshot_rows_estimated`).
+    pub metrics: strata_pipeline::ops::metrics::Metrics,
 }
 
 struct TableWriters {
@@ -305,6 +307,7 @@ pub async fn run(
         if let (SnapshotMode::Initial, Some(snapshot)) = (config.snapshot, text(2)) {
             snapshot_tables(
                 &options,
+                &config.slot,
                 &snapshot,
                 &tables,
                 consistent,
@@ -330,6 +333,7 @@ pub async fn run(
 
 async fn snapshot_tables(
     options: &PgConnectOptions,
+    slot: &str,
     snapshot: &str,
     tables: &[prerequisites::TableInfo],
     consistent: Lsn,
@@ -369,6 +373,25 @@ async fn snapshot_tables(
                 .collect(),
         };
         emitter.writers_for(&shape, false).await?;
+        let qualified = table.qualified();
+        let labels = [slot, qualified.as_str()];
+        let done_gauge = emitter.ctx.metrics.snapshot_rows.with_label_values(&labels);
+        let estimate_gauge = emitter
+            .ctx
+            .metrics
+            .snapshot_rows_estimated
+            .with_label_values(&labels);
+        // The planner's estimate (-1 before the table was ever analysed).
+        let estimate: i64 = sqlx::query_scalar(
+            "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+        )
+        .bind(&table.schema)
+        .bind(&table.name)
+        .fetch_optional(&mut conn)
+        .await?
+        .unwrap_or(0);
+        estimate_gauge.set(estimate);
+        done_gauge.set(0);
         let select = shape
             .columns
             .iter()
@@ -425,7 +448,9 @@ async fn snapshot_tables(
                 index = index.wrapping_add(1);
             }
             done += rows.len() as u64;
-            tracing::info!(table = %table.qualified(), rows = done, "snapshot progress");
+            done_gauge.set(done as i64);
+            estimate_gauge.set(estimate_gauge.get().max(done as i64));
+            tracing::info!(table = %table.qualified(), rows = done, estimated = estimate_gauge.get(), "snapshot progress");
         }
         conn.execute("CLOSE strata_snapshot").await?;
     }

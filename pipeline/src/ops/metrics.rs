@@ -17,6 +17,8 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub replication_lag_bytes: IntGaugeVec,
     pub restore_progress: IntGaugeVec,
+    pub snapshot_rows: IntGaugeVec,
+    pub snapshot_rows_estimated: IntGaugeVec,
     pub sink_write_seconds: HistogramVec,
     pub sink_batch_rows: HistogramVec,
     pub up: IntGaugeVec,
@@ -82,6 +84,16 @@ impl Metrics {
                 "restore_records",
                 "Changelog records restored into a state store",
                 &["component", "store"],
+            ),
+            snapshot_rows: gauge(
+                "snapshot_rows",
+                "Rows of a table read by a source's initial snapshot so far",
+                &["slot", "table"],
+            ),
+            snapshot_rows_estimated: gauge(
+                "snapshot_rows_estimated",
+                "Rows a source's initial snapshot expects in a table (the planner's estimate, raised to the rows read)",
+                &["slot", "table"],
             ),
             sink_write_seconds: histogram(
                 "sink_write_seconds",
