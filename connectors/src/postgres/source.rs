@@ -306,12 +306,11 @@ pub async fn run(
         tracing::info!(slot = %config.slot, %consistent, "created replication slot");
         if let (SnapshotMode::Initial, Some(snapshot)) = (config.snapshot, text(2)) {
             snapshot_tables(
+                config,
                 &options,
-                &config.slot,
                 &snapshot,
                 &tables,
                 consistent,
-                config.snapshot_chunk_rows,
                 &mut emitter,
                 &shutdown,
             )
@@ -332,12 +331,11 @@ pub async fn run(
 }
 
 async fn snapshot_tables(
+    config: &PostgresSourceConfig,
     options: &PgConnectOptions,
-    slot: &str,
     snapshot: &str,
     tables: &[prerequisites::TableInfo],
     consistent: Lsn,
-    chunk_rows: u32,
     emitter: &mut Emitter<'_>,
     shutdown: &CancellationToken,
 ) -> Result<(), SourceError> {
@@ -374,7 +372,7 @@ async fn snapshot_tables(
         };
         emitter.writers_for(&shape, false).await?;
         let qualified = table.qualified();
-        let labels = [slot, qualified.as_str()];
+        let labels = [config.slot.as_str(), qualified.as_str()];
         let done_gauge = emitter.ctx.metrics.snapshot_rows.with_label_values(&labels);
         let estimate_gauge = emitter
             .ctx
@@ -412,10 +410,13 @@ async fn snapshot_tables(
                 return Ok(());
             }
             // Not a cached prepared statement: the cursor's columns differ per table.
-            let rows = sqlx::query(&format!("FETCH {chunk_rows} FROM strata_snapshot"))
-                .persistent(false)
-                .fetch_all(&mut conn)
-                .await?;
+            let rows = sqlx::query(&format!(
+                "FETCH {} FROM strata_snapshot",
+                config.snapshot_chunk_rows
+            ))
+            .persistent(false)
+            .fetch_all(&mut conn)
+            .await?;
             if rows.is_empty() {
                 break;
             }
