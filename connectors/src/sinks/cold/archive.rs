@@ -275,14 +275,16 @@ impl Archive {
     pub async fn manifest(&self, partition: i32) -> Result<Vec<Entry>, ArchiveError> {
         let mut entries = Vec::new();
         for path in self.list(Some(manifest_dir(partition).as_ref())).await? {
-            let bytes = self.read(&path).await?;
-            let entry = serde_json::from_slice(&bytes).map_err(|e| ArchiveError::BadManifest {
-                location: path.clone(),
-                detail: e.to_string(),
-            })?;
-            entries.push(entry);
+            entries.push(self.read_entry(&path).await?);
         }
         Ok(entries)
+    }
+
+    async fn read_entry(&self, path: &str) -> Result<Entry, ArchiveError> {
+        serde_json::from_slice(&self.read(path).await?).map_err(|e| ArchiveError::BadManifest {
+            location: path.to_string(),
+            detail: e.to_string(),
+        })
     }
 
     async fn last_entry(&self, partition: i32) -> Result<Option<Entry>, ArchiveError> {
@@ -290,16 +292,10 @@ impl Archive {
             return Ok(last.clone());
         }
         let paths = self.list(Some(manifest_dir(partition).as_ref())).await?;
-        let last =
-            match paths.last() {
-                None => None,
-                Some(path) => Some(serde_json::from_slice(&self.read(path).await?).map_err(
-                    |e| ArchiveError::BadManifest {
-                        location: path.clone(),
-                        detail: e.to_string(),
-                    },
-                )?),
-            };
+        let last = match paths.last() {
+            None => None,
+            Some(path) => Some(self.read_entry(path).await?),
+        };
         self.last.lock().await.insert(partition, last.clone());
         Ok(last)
     }
@@ -388,7 +384,9 @@ impl Archive {
         for partition in self.partitions().await? {
             report.manifests += 1;
             let mut prev = GENESIS.to_string();
-            for (expected_seq, entry) in self.manifest(partition).await?.into_iter().enumerate() {
+            let entries = self.manifest(partition).await?;
+            let last = entries.last().cloned();
+            for (expected_seq, entry) in entries.into_iter().enumerate() {
                 let problem = if entry.seq != expected_seq as u64 {
                     Some(format!(
                         "entry {expected_seq} is missing (the next one found is {})",
@@ -414,6 +412,8 @@ impl Archive {
                 report.records += entry.records;
                 prev = entry.hash.clone();
             }
+            // The chain holds: its last entry is where appends continue.
+            self.last.lock().await.insert(partition, last);
         }
         Ok(report)
     }
