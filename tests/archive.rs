@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -117,6 +116,39 @@ async fn archive_once_across_redelivery_and_restart(config: ColdSinkConfig) -> A
     archive
 }
 
+/// The path of one archived data file.
+async fn some_file(archive: &Archive) -> String {
+    archive
+        .list(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.ends_with(".avro"))
+        .expect("an archived file")
+}
+
+fn flip_middle_byte(bytes: &mut [u8]) {
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+}
+
+/// Runs `strata archive verify LOCATION` and checks it fails naming `victim`'s SHA-256;
+/// returns its stderr.
+fn verify_catches(location: &str, env: &[(&str, &str)], victim: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["archive", "verify", location])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "tampering went unnoticed");
+    assert!(
+        stderr.contains("SHA-256") && stderr.contains(victim),
+        "{stderr}"
+    );
+    stderr
+}
+
 #[tokio::test]
 async fn local_archive_holds_each_record_once_and_catches_tampering() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,29 +157,12 @@ async fn local_archive_holds_each_record_once_and_catches_tampering() {
         serde_json::from_value(json!({ "path": root.to_str().unwrap() })).unwrap();
     let archive = archive_once_across_redelivery_and_restart(config).await;
 
-    let victim = archive
-        .list(None)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|p| p.ends_with(".avro"))
-        .unwrap();
+    let victim = some_file(&archive).await;
     let path = root.join(&victim);
     let mut bytes = std::fs::read(&path).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x40;
+    flip_middle_byte(&mut bytes);
     std::fs::write(&path, bytes).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["archive", "verify"])
-        .arg(&root)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "tampering went unnoticed");
-    assert!(
-        stderr.contains("SHA-256") && stderr.contains(&victim),
-        "{stderr}"
-    );
+    verify_catches(root.to_str().unwrap(), &[], &victim);
 }
 
 #[tokio::test]
@@ -214,13 +229,7 @@ async fn s3_archive_holds_each_record_once_and_catches_tampering() {
     let archive = archive_once_across_redelivery_and_restart(config).await;
 
     // The objects are where a stock S3 client would look for them.
-    let victim = archive
-        .list(None)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|p| p.ends_with(".avro"))
-        .unwrap();
+    let victim = some_file(&archive).await;
     // Tamper with the file through a separate S3 client, as an intruder would.
     let s3 = AmazonS3Builder::new()
         .with_bucket_name(&bucket)
@@ -233,27 +242,16 @@ async fn s3_archive_holds_each_record_once_and_catches_tampering() {
         .unwrap();
     let key = object_store::path::Path::from(format!("claims/us-east/{victim}"));
     let mut bytes = s3.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x40;
+    flip_middle_byte(&mut bytes);
     s3.put(&key, bytes.into()).await.unwrap();
 
-    let env: BTreeMap<&str, &str> = BTreeMap::from([
+    let env = [
         ("AWS_ENDPOINT", endpoint.as_str()),
         ("AWS_ALLOW_HTTP", "true"),
         ("AWS_REGION", "us-east-1"),
         ("AWS_ACCESS_KEY_ID", "strata-test"),
         ("AWS_SECRET_ACCESS_KEY", "strata-test-secret"),
-    ]);
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["archive", "verify", &location])
-        .envs(env)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "tampering went unnoticed");
-    assert!(
-        stderr.contains("SHA-256") && stderr.contains(&victim),
-        "{stderr}"
-    );
+    ];
+    let stderr = verify_catches(&location, &env, &victim);
     assert!(!stderr.contains("strata-test-secret"), "{stderr}");
 }
