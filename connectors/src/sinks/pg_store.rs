@@ -287,31 +287,32 @@ impl PgStore {
         while next < records.len() {
             let (index, record) = (next, &records[next]);
             next += 1;
-            if !careful {
-                // Consecutive plain upserts of one table go in one statement.
-                let (name, table, run) = self.upsert_run(&records[index..]);
-                if let (Some(table), true) = (table, run.len() > 1) {
-                    let rows: Vec<(&Row, &str)> = run
-                        .iter()
-                        .filter_map(|c| Some((c.after.as_ref()?, c.position.as_str())))
-                        .collect();
-                    let qualified = format!("{}.{name}", self.schema);
-                    match upsert_many(&mut tx, &qualified, &table, &rows).await {
-                        Ok(()) => {}
-                        Err(WriteError::Db(e)) if !is_data_error(&e) => return Err(transient(e)),
-                        Err(_) => return Ok(None),
-                    }
-                    next = index + run.len();
-                    continue;
-                }
-            }
-            if careful {
+            let result = if careful {
                 sqlx::query("SAVEPOINT record")
                     .execute(&mut *tx)
                     .await
                     .map_err(transient)?;
-            }
-            let (code, message) = match self.write_one(&mut tx, record).await {
+                self.write_one(&mut tx, record).await
+            } else {
+                let (name, mut run, bulk) = self.upsert_run(&records[index..]);
+                match (bulk && run.len() > 1, self.tables.get(&name)) {
+                    // Consecutive plain upserts of one table go in one statement.
+                    (true, Some(table)) => {
+                        next = index + run.len();
+                        let rows: Vec<(&Row, &str)> = run
+                            .iter()
+                            .filter_map(|c| Some((c.after.as_ref()?, c.position.as_str())))
+                            .collect();
+                        let qualified = format!("{}.{name}", self.schema);
+                        upsert_many(&mut tx, &qualified, table, &rows).await
+                    }
+                    _ => match run.pop() {
+                        Some(change) => self.write_change(&mut tx, change, &name).await,
+                        None => self.write_one(&mut tx, record).await,
+                    },
+                }
+            };
+            let (code, message) = match result {
                 Ok(()) => continue,
                 Err(WriteError::Refused(code, message)) => (code, message),
                 Err(WriteError::Db(e)) if is_data_error(&e) => ("store.refused", e.to_string()),
@@ -334,10 +335,12 @@ impl PgStore {
         Ok(Some(rejected))
     }
 
-    /// The changes at the start of `records` that are plain upserts of one table (no
-    /// partition, no eviction), with that table's name and description.
-    fn upsert_run(&self, records: &[SinkRecord]) -> (String, Option<Table>, Vec<Change>) {
-        let (mut name, mut table, mut run) = (String::new(), None, Vec::new());
+    /// The parsed change at the start of `records` (none for a tombstone, an analysis or
+    /// a record that does not parse) with its table's name; when it is a plain upsert of a
+    /// table that takes upserts in bulk (no partition, no eviction), also the plain upserts
+    /// of the same table that follow it, and `true`.
+    fn upsert_run(&self, records: &[SinkRecord]) -> (String, Vec<Change>, bool) {
+        let (mut name, mut run) = (String::new(), Vec::new());
         for record in records {
             let Some(value) = &record.value else { break };
             if record_field(value, "analysis_id").is_some() {
@@ -348,21 +351,26 @@ impl PgStore {
             };
             let plain = change.after.is_some() && change.op != "t" && change.op != "d";
             let evicts = self.evict_from.is_some() && this.starts_with("claim");
-            if !plain || evicts || (!run.is_empty() && this != name) {
+            let bulk = plain
+                && !evicts
+                && self
+                    .tables
+                    .get(&this)
+                    .is_some_and(|t| t.partition_by.is_none());
+            if run.is_empty() {
+                name = this;
+                run.push(change);
+                if !bulk {
+                    return (name, run, false);
+                }
+            } else if bulk && this == name {
+                run.push(change);
+            } else {
                 break;
             }
-            match self.tables.get(&this) {
-                Some(t) if t.partition_by.is_none() => {
-                    if run.is_empty() {
-                        table = Some(t.clone());
-                        name = this;
-                    }
-                    run.push(change);
-                }
-                _ => break,
-            }
         }
-        (name, table, run)
+        let bulk = !run.is_empty();
+        (name, run, bulk)
     }
 
     /// Deletes from this store every claim row in `records` that is not newer than the
@@ -410,7 +418,17 @@ impl PgStore {
             return self.write_analysis(conn, value).await;
         }
         let (change, name) = parse_change(record, value)?;
-        let table = self.tables.get(&name).cloned().ok_or_else(|| {
+        self.write_change(conn, change, &name).await
+    }
+
+    /// Writes one parsed change of table `name`.
+    async fn write_change(
+        &mut self,
+        conn: &mut sqlx::PgConnection,
+        change: Change,
+        name: &str,
+    ) -> Result<(), WriteError> {
+        let table = self.tables.get(name).cloned().ok_or_else(|| {
             WriteError::Refused(
                 "store.unknown_table",
                 format!("{} has no table {}.{name}", self.schema, self.schema),
@@ -430,7 +448,7 @@ impl PgStore {
             }
             (_, Some(after)) => {
                 if let Some(col) = &table.partition_by {
-                    self.ensure_partition(conn, &name, after, col).await?;
+                    self.ensure_partition(conn, name, after, col).await?;
                 }
                 upsert(conn, &qualified, &table, after, &change.position).await?;
                 if let (Some(evict), true) = (&self.evict_from, name.starts_with("claim")) {
