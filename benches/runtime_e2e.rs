@@ -15,9 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
-use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
 use strata_pipeline::avro::Codec;
 use strata_pipeline::kafka::{client_config, ensure_topics, producer, TopicSpec};
@@ -27,7 +26,10 @@ use strata_pipeline::runtime::{
     run_processor, Context, Event, Output, OutputSchema, ProcessError, Processor, ProcessorEnv,
     ProcessorSpec,
 };
-use strata_pipeline::topology::{KafkaSettings, RegistrySettings};
+use strata_pipeline::topology::RegistrySettings;
+use support::{env, Sender};
+
+mod support;
 
 const VALUE: &str = r#"{"type":"record","name":"Tick","namespace":"strata.bench","fields":[{"name":"n","type":"long"}]}"#;
 const KEY: &str = r#""long""#;
@@ -66,10 +68,6 @@ impl Processor for Count {
     }
 }
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
-}
-
 #[tokio::main]
 async fn main() {
     // `cargo test` runs benches without `--bench`: then a small smoke run proves it works.
@@ -81,11 +79,7 @@ async fn main() {
             .parse()
             .expect("a number")
     };
-    let kafka: KafkaSettings = serde_yaml_ng::from_str(&format!(
-        "{{bootstrap_servers: '{}'}}",
-        env("STRATA_KAFKA_BROKERS", "127.0.0.1:19092")
-    ))
-    .expect("settings");
+    let kafka = support::kafka();
     let codec = Arc::new(
         Codec::new(&RegistrySettings {
             url: env("STRATA_SCHEMA_REGISTRY_URL", "http://127.0.0.1:18081"),
@@ -125,30 +119,15 @@ async fn main() {
         .await
         .expect("registry");
     let p: FutureProducer = producer(&kafka).expect("producer");
-    let mut acks = FuturesUnordered::new();
+    let mut sender = Sender::new(p.clone());
     for i in 0..events as i64 {
         let key = key_writer.encode(&Value::Long(i % 10_000)).unwrap();
         let value = writer
             .encode(&Value::Record(vec![("n".into(), Value::Long(i))]))
             .unwrap();
-        let p = p.clone();
-        let topic = input.clone();
-        acks.push(async move {
-            p.send(
-                FutureRecord::to(&topic).key(&key).payload(&value),
-                Duration::from_secs(60),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
-        });
-        if acks.len() >= 10_000 {
-            acks.next().await.unwrap().expect("produced");
-        }
+        sender.send(&input, Some(key), Some(value)).await;
     }
-    while let Some(r) = acks.next().await {
-        r.expect("produced");
-    }
+    sender.finish().await;
 
     // Raw limit: consume the input and produce each record to another topic, acks awaited.
     let started = Instant::now();
@@ -159,31 +138,13 @@ async fn main() {
         .create()
         .unwrap();
     consumer.subscribe(&[&input]).unwrap();
-    let mut acks = FuturesUnordered::new();
+    let mut sender = Sender::new(p.clone());
     for _ in 0..events {
         let m = consumer.recv().await.expect("record");
         let (key, value) = (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec));
-        let (p, topic) = (p.clone(), raw_out.clone());
-        acks.push(async move {
-            let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic);
-            if let Some(k) = &key {
-                r = r.key(k);
-            }
-            if let Some(v) = &value {
-                r = r.payload(v);
-            }
-            p.send(r, Duration::from_secs(60))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-        });
-        if acks.len() >= 10_000 {
-            acks.next().await.unwrap().expect("produced");
-        }
+        sender.send(&raw_out, key, value).await;
     }
-    while let Some(r) = acks.next().await {
-        r.expect("produced");
-    }
+    sender.finish().await;
     let raw = started.elapsed().as_secs_f64();
 
     // The runtime: decode, RocksDB state, output, changelog, offsets.

@@ -15,9 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
-use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use sqlx::Connection;
 use strata_connectors::pg_connection::PgConnection as PgSettings;
 use strata_connectors::sinks::cold::{ColdSink, ColdSinkConfig};
@@ -27,7 +26,9 @@ use strata_pipeline::kafka::{client_config, ensure_topics, producer, TopicSpec};
 use strata_pipeline::ops::metrics::Metrics;
 use strata_pipeline::ops::shutdown::CancellationToken;
 use strata_pipeline::runtime::{run_sink, Sink, SinkRecord, SinkSpec};
-use strata_pipeline::topology::KafkaSettings;
+use support::{env, Sender};
+
+mod support;
 
 const ENVELOPE: &str = r#"{"type":"record","name":"Envelope","namespace":"strata.bench.claims","fields":[
  {"name":"before","type":["null",{"type":"record","name":"Row","fields":[
@@ -102,10 +103,6 @@ fn claim(i: i64) -> Value {
         ),
         ("op".into(), Value::String("c".into())),
     ])
-}
-
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
 }
 
 fn rate(rows: usize, seconds: f64) -> String {
@@ -230,11 +227,7 @@ async fn main() {
 
     eprintln!("[bench] producing the topic");
     // Topic → hot store through the sink runtime, beside a raw consumer of the same topic.
-    let kafka: KafkaSettings = serde_yaml_ng::from_str(&format!(
-        "{{bootstrap_servers: '{}'}}",
-        env("STRATA_KAFKA_BROKERS", "127.0.0.1:19092")
-    ))
-    .unwrap();
+    let kafka = support::kafka();
     let topics: Vec<TopicSpec> = [topic.clone(), format!("{run}.dead-letter")]
         .into_iter()
         .map(|name| TopicSpec {
@@ -248,27 +241,13 @@ async fn main() {
         .await
         .expect("is the broker up? (scripts/services.sh start)");
     let p: FutureProducer = producer(&kafka).unwrap();
-    let mut acks = FuturesUnordered::new();
+    let mut sender = Sender::new(p);
     for i in 0..rows as i64 {
         let value = writer.encode(&claim(i)).unwrap();
         let key = key_writer.encode(&key(i)).unwrap();
-        let (p, topic) = (p.clone(), topic.clone());
-        acks.push(async move {
-            p.send(
-                FutureRecord::to(&topic).key(&key).payload(&value),
-                Duration::from_secs(60),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
-        });
-        if acks.len() >= 10_000 {
-            acks.next().await.unwrap().expect("produced");
-        }
+        sender.send(&topic, Some(key), Some(value)).await;
     }
-    while let Some(r) = acks.next().await {
-        r.expect("produced");
-    }
+    sender.finish().await;
 
     eprintln!("[bench] raw consumer");
     // Rates are timed from the first record on, leaving out the consumer group's join.
