@@ -9,6 +9,8 @@
 #   scripts/services.sh status
 #   scripts/services.sh env      # the `export` lines only
 #   scripts/services.sh restart-broker | restart-postgres
+#   scripts/services.sh stop-broker | start-broker | stop-postgres | start-postgres
+#                                # one service at a time, for the fault tests
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -163,6 +165,10 @@ case "${1:-start}" in
     stop_postgres
     start_postgres
     ;;
+  stop-broker) stop_pidfile tansu ;;
+  start-broker) start_broker ;;
+  stop-postgres) stop_postgres ;;
+  start-postgres) start_postgres ;;
   status)
     pg_ready && echo "postgres: up (127.0.0.1:$PG_PORT)" || echo "postgres: down"
     port_open "$KAFKA_PORT" && echo "broker: up (127.0.0.1:$KAFKA_PORT)" || echo "broker: down"
@@ -170,5 +176,5 @@ case "${1:-start}" in
     port_open "$S3_PORT" && echo "s3: up (127.0.0.1:$S3_PORT)" || echo "s3: down"
     ;;
   env) print_env ;;
-  *) die "usage: $0 start|stop|status|env|restart-broker|reset-broker|restart-postgres" ;;
+  *) die "usage: $0 start|stop|status|env|restart-broker|reset-broker|restart-postgres|stop-broker|start-broker|stop-postgres|start-postgres" ;;
 esac

@@ -154,6 +154,7 @@ impl Components {
                         Err(e) => return Some(settings_error(e)),
                     };
                 let ctx = strata_connectors::postgres::source::SourceContext {
+                    component: component.name.clone(),
                     region: topology.region.clone(),
                     kafka: topology.kafka.clone(),
                     partitions: topology.topics.partitions,

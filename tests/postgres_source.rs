@@ -55,6 +55,7 @@ async fn fixture(name: &str, setup_sql: &str, tables: &str) -> Fixture {
     ))
     .unwrap();
     let ctx = SourceContext {
+        component: "postgres".into(),
         region: support::unique(name).replace('_', "-"),
         kafka,
         partitions: 2,

@@ -7,7 +7,12 @@
 //! - While no transaction is open and nothing is in flight, keepalives move the
 //!   confirmed position to the server's WAL end, so idle tables never pin WAL.
 //! - The snapshot is read in the slot's exported snapshot, before streaming starts:
-//!   every row once as `op=r`, then exactly the changes committed after it.
+//!   every row once as `op=r`, then exactly the changes committed after it. A slot whose
+//!   snapshot did not finish is never streamed from ([`super::snapshot_state`]).
+//! - Transient failures (PostgreSQL or Kafka unreachable, the slot still held by a dead
+//!   connection) restart the source from the slot's confirmed position after a backoff;
+//!   definite ones (configuration, prerequisites, a lost slot, bad data) stop it with the
+//!   error.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -31,6 +36,7 @@ use super::pgoutput::{self, Cell, Message};
 use super::position::{Lsn, Position};
 use super::prerequisites::{self, PrerequisiteError};
 use super::relations::{RelationCache, TableShape};
+use super::snapshot_state::{Progress, SnapshotState, SnapshotStateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -58,10 +64,45 @@ pub enum SourceError {
     SlotLost { slot: String },
     #[error("a change arrived for relation {0}, which no Relation message described")]
     UnknownRelation(u32),
+    #[error(transparent)]
+    SnapshotState(#[from] SnapshotStateError),
+}
+
+/// SQLSTATE classes and codes worth waiting out: connection exceptions (08), operator
+/// intervention such as a shutdown or a server still starting (57P), too many
+/// connections (53300) and an object in use (55006: the slot is still held by the
+/// walsender of a connection that just died).
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P") || code == "53300" || code == "55006"
+}
+
+impl SourceError {
+    /// Whether running the source again later may succeed without anyone changing
+    /// anything: the server or the broker is away for a while.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Database(e) => match e {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| transient_sqlstate(&c)),
+                _ => false,
+            },
+            SourceError::Replication(e) => {
+                e.is_transient()
+                    || matches!(e, pgwire_replication::PgWireError::Server(message)
+                        if message.rsplit_once("SQLSTATE ").is_some_and(|(_, code)| transient_sqlstate(code.trim_end_matches(')'))))
+            }
+            SourceError::Kafka(e) => e.is_transient(),
+            SourceError::Codec(e) => e.is_transient(),
+            SourceError::Delivery(_) | SourceError::SnapshotState(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Everything the source needs from the deployment around it.
 pub struct SourceContext {
+    /// The component's name in the topology (metric label).
+    pub component: String,
     pub region: String,
     pub kafka: KafkaSettings,
     pub partitions: i32,
@@ -222,10 +263,43 @@ pub fn topics(config: &PostgresSourceConfig, region: &str) -> Vec<String> {
         .collect()
 }
 
+/// Runs the source until `shutdown`. After a transient failure it waits (0.5 s doubling
+/// to 30 s, back to 0.5 s after a minute of running) and starts again from the slot's
+/// confirmed position; a definite failure is returned.
 pub async fn run(
     config: &PostgresSourceConfig,
     ctx: &SourceContext,
     shutdown: CancellationToken,
+) -> Result<(), SourceError> {
+    const FIRST_WAIT: Duration = Duration::from_millis(500);
+    let mut wait = FIRST_WAIT;
+    loop {
+        let started = std::time::Instant::now();
+        let error = match run_once(config, ctx, &shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && !shutdown.is_cancelled() => e,
+            Err(e) => return Err(e),
+        };
+        if started.elapsed() > Duration::from_secs(60) {
+            wait = FIRST_WAIT;
+        }
+        tracing::warn!(slot = %config.slot, %error, retry_in = ?wait, "PostgreSQL source interrupted; resuming from the slot's confirmed position");
+        ctx.metrics
+            .source_restarts
+            .with_label_values(&[ctx.component.as_str()])
+            .inc();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn run_once(
+    config: &PostgresSourceConfig,
+    ctx: &SourceContext,
+    shutdown: &CancellationToken,
 ) -> Result<(), SourceError> {
     let options = config
         .connection
@@ -234,7 +308,7 @@ pub async fn run(
     let mut conn = PgConnection::connect_with(&options).await?;
     let tables = prerequisites::check(&mut conn, &config.tables, &config.slot).await?;
     prerequisites::ensure_publication(&mut conn, &config.publication, &config.tables).await?;
-    let slot: Option<(Option<String>, Option<String>)> =
+    let mut slot: Option<(Option<String>, Option<String>)> =
         sqlx::query_as("SELECT confirmed_flush_lsn::text, wal_status FROM pg_replication_slots WHERE slot_name = $1")
             .bind(&config.slot)
             .fetch_optional(&mut conn)
@@ -244,6 +318,18 @@ pub async fn run(
             return Err(SourceError::SlotLost {
                 slot: config.slot.clone(),
             });
+        }
+    }
+    let snapshot_state = SnapshotState::new(&ctx.region, &database_name(&options), &config.slot);
+    if slot.is_some() && config.snapshot == SnapshotMode::Initial {
+        let recorded = snapshot_state.read(&ctx.kafka).await?;
+        if recorded.as_ref().map(|r| r.progress) != Some(Progress::Done) {
+            tracing::warn!(slot = %config.slot, ?recorded, topic = snapshot_state.topic(), "the slot's initial snapshot never finished; dropping the slot to snapshot again");
+            sqlx::query("SELECT pg_drop_replication_slot($1)")
+                .bind(&config.slot)
+                .execute(&mut conn)
+                .await?;
+            slot = None;
         }
     }
 
@@ -305,21 +391,31 @@ pub async fn run(
         let consistent: Lsn = text(1).and_then(|l| l.parse().ok()).unwrap_or_default();
         tracing::info!(slot = %config.slot, %consistent, "created replication slot");
         if let (SnapshotMode::Initial, Some(snapshot)) = (config.snapshot, text(2)) {
-            snapshot_tables(
+            snapshot_state
+                .write(&ctx.kafka, &emitter.producer, Progress::Started, consistent)
+                .await?;
+            let finished = snapshot_tables(
                 config,
                 &options,
                 &snapshot,
                 &tables,
                 consistent,
                 &mut emitter,
-                &shutdown,
+                shutdown,
             )
             .await?;
+            if !finished {
+                return Ok(());
+            }
+            emitter.drain().await?;
+            snapshot_state
+                .write(&ctx.kafka, &emitter.producer, Progress::Done, consistent)
+                .await?;
         }
     }
     drop(conn);
     client.start().await?;
-    stream(&mut client, &mut emitter, &shutdown).await?;
+    stream(&mut client, &mut emitter, shutdown).await?;
     emitter.drain().await?;
     if let Some(lsn) = emitter.tracker.confirmed() {
         client.update_applied_lsn(WireLsn::from_u64(lsn.0));
@@ -338,7 +434,7 @@ async fn snapshot_tables(
     consistent: Lsn,
     emitter: &mut Emitter<'_>,
     shutdown: &CancellationToken,
-) -> Result<(), SourceError> {
+) -> Result<bool, SourceError> {
     let mut conn = PgConnection::connect_with(options).await?;
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         .await?;
@@ -407,7 +503,7 @@ async fn snapshot_tables(
         let mut done = 0u64;
         loop {
             if shutdown.is_cancelled() {
-                return Ok(());
+                return Ok(false);
             }
             // Not a cached prepared statement: the cursor's columns differ per table.
             let rows = sqlx::query(&format!(
@@ -457,7 +553,7 @@ async fn snapshot_tables(
     }
     conn.execute("COMMIT").await?;
     emitter.tracker.seal(tx, consistent);
-    Ok(())
+    Ok(true)
 }
 
 struct OpenTx {

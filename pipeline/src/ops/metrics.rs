@@ -13,6 +13,7 @@ pub struct Metrics {
     pub events_in: IntCounterVec,
     pub events_out: IntCounterVec,
     pub dead_letters: IntCounterVec,
+    pub source_restarts: IntCounterVec,
     pub processing_seconds: HistogramVec,
     pub consumer_lag: IntGaugeVec,
     pub replication_lag_bytes: IntGaugeVec,
@@ -66,6 +67,10 @@ impl Metrics {
             events_in: counter("events_in_total", "Events read by a component"),
             events_out: counter("events_out_total", "Events written by a component"),
             dead_letters: counter("dead_letters_total", "Events sent to the dead-letter topic"),
+            source_restarts: counter(
+                "source_restarts_total",
+                "Times a source restarted from its confirmed position after a transient failure",
+            ),
             processing_seconds: histogram(
                 "processing_seconds",
                 "Time to process one batch of events",
