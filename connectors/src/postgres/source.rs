@@ -65,7 +65,7 @@ pub enum SourceError {
     #[error("a change arrived for relation {0}, which no Relation message described")]
     UnknownRelation(u32),
     #[error(transparent)]
-    SnapshotState(#[from] SnapshotStateError),
+    SnapshotState(#[from] Box<SnapshotStateError>),
 }
 
 /// SQLSTATE classes and codes worth waiting out: connection exceptions (08), operator
@@ -322,7 +322,7 @@ async fn run_once(
     }
     let snapshot_state = SnapshotState::new(&ctx.region, &database_name(&options), &config.slot);
     if slot.is_some() && config.snapshot == SnapshotMode::Initial {
-        let recorded = snapshot_state.read(&ctx.kafka).await?;
+        let recorded = snapshot_state.read(&ctx.kafka).await.map_err(Box::new)?;
         if recorded.as_ref().map(|r| r.progress) != Some(Progress::Done) {
             tracing::warn!(slot = %config.slot, ?recorded, topic = snapshot_state.topic(), "the slot's initial snapshot never finished; dropping the slot to snapshot again");
             sqlx::query("SELECT pg_drop_replication_slot($1)")
@@ -393,7 +393,8 @@ async fn run_once(
         if let (SnapshotMode::Initial, Some(snapshot)) = (config.snapshot, text(2)) {
             snapshot_state
                 .write(&ctx.kafka, &emitter.producer, Progress::Started, consistent)
-                .await?;
+                .await
+                .map_err(Box::new)?;
             let finished = snapshot_tables(
                 config,
                 &options,
@@ -410,7 +411,8 @@ async fn run_once(
             emitter.drain().await?;
             snapshot_state
                 .write(&ctx.kafka, &emitter.producer, Progress::Done, consistent)
-                .await?;
+                .await
+                .map_err(Box::new)?;
         }
     }
     drop(conn);
