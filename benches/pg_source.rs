@@ -8,6 +8,10 @@
 //! - the initial snapshot in rows/s;
 //! - a raw rdkafka producer sending as many records of the same size to the same broker.
 //!
+//! Each scenario runs twice: against the durable broker of scripts/services.sh (tansu's
+//! sqlite engine, which caps what any producer reaches on this machine) and against a
+//! private tansu with the memory engine, which shows the source's own limit.
+//!
 //! cargo bench --bench pg_source      (STRATA_BENCH_CHANGES, default 100000)
 //!
 //! Needs scripts/services.sh (PostgreSQL, broker, registry). Without `--bench` (as
@@ -28,7 +32,7 @@ use strata_connectors::postgres::source::{self, SourceContext};
 use strata_connectors::postgres::PostgresSourceConfig;
 use strata_pipeline::avro::Codec;
 use strata_pipeline::ops::shutdown::CancellationToken;
-use strata_pipeline::topology::RegistrySettings;
+use strata_pipeline::topology::{KafkaSettings, RegistrySettings};
 
 const SCHEMA: &str = "
 CREATE TABLE items (id bigint PRIMARY KEY, member_id bigint NOT NULL, code text NOT NULL,
@@ -129,7 +133,13 @@ struct Source {
     started: Instant,
 }
 
-fn start_source(url: &str, slot: &str, snapshot: &str, region: &str) -> Source {
+fn start_source(
+    kafka: &KafkaSettings,
+    url: &str,
+    slot: &str,
+    snapshot: &str,
+    region: &str,
+) -> Source {
     let config: PostgresSourceConfig = serde_yaml_ng::from_str(&format!(
         "{{connection: {{url: '{url}', ssl_mode: disable}}, publication: bench_pub, slot: {slot}, \
           tables: [public.items], snapshot: {snapshot}, status_interval: 100ms}}"
@@ -146,7 +156,7 @@ fn start_source(url: &str, slot: &str, snapshot: &str, region: &str) -> Source {
     let ctx = SourceContext {
         component: "bench".into(),
         region: region.into(),
-        kafka: support::kafka(),
+        kafka: kafka.clone(),
         partitions: 4,
         replication_factor: 1,
         codec: Arc::new(codec),
@@ -198,11 +208,12 @@ async fn wait_confirmed(url: &str, slot: &str, end: &str, source: &Source) {
 struct Row {
     scenario: String,
     strata: f64,
-    reference: Option<(&'static str, f64)>,
+    /// pg_recvlogical's rate on the same WAL.
+    reference: Option<f64>,
 }
 
 /// `changes` inserts in transactions of `per_tx`, read by both pg_recvlogical and Strata.
-async fn streaming(changes: u64, per_tx: u64, run: &str) -> Row {
+async fn streaming(kafka: &KafkaSettings, changes: u64, per_tx: u64, run: &str) -> Row {
     let name = format!("bench_pgsrc_{run}_{per_tx}");
     let (url, mut conn) = fresh_db(&name).await;
     for slot in ["recv", "strata"] {
@@ -224,6 +235,7 @@ async fn streaming(changes: u64, per_tx: u64, run: &str) -> Row {
     );
     let recv = recvlogical(&url, &format!("{name}_recv"), &end);
     let source = start_source(
+        kafka,
         &url,
         &format!("{name}_strata"),
         "never",
@@ -236,12 +248,12 @@ async fn streaming(changes: u64, per_tx: u64, run: &str) -> Row {
     Row {
         scenario: format!("stream, {per_tx}-row transactions"),
         strata: changes as f64 / strata,
-        reference: Some(("pg_recvlogical", changes as f64 / recv)),
+        reference: Some(changes as f64 / recv),
     }
 }
 
 /// The initial snapshot of `rows` rows, until the source records it as finished.
-async fn snapshot(rows: u64, run: &str) -> Row {
+async fn snapshot(kafka: &KafkaSettings, rows: u64, run: &str) -> Row {
     let name = format!("bench_pgsrc_{run}_snap");
     let (url, mut conn) = fresh_db(&name).await;
     conn.execute(format!("CALL load(1, {rows}, 10000)").as_str())
@@ -249,12 +261,11 @@ async fn snapshot(rows: u64, run: &str) -> Row {
         .expect("load");
     let region = format!("bench-{run}-snap");
     let slot = format!("{name}_strata");
-    let source = start_source(&url, &slot, "initial", &region);
+    let source = start_source(kafka, &url, &slot, "initial", &region);
     let state = SnapshotState::new(&region, &name, &slot);
-    let kafka = support::kafka();
     loop {
         assert!(!source.task.is_finished(), "the source stopped early");
-        if let Ok(Some(record)) = state.read(&kafka).await {
+        if let Ok(Some(record)) = state.read(kafka).await {
             if record.progress == Progress::Done {
                 break;
             }
@@ -272,10 +283,10 @@ async fn snapshot(rows: u64, run: &str) -> Row {
 }
 
 /// A raw producer sending `records` of `bytes` each: the broker's own limit.
-async fn raw_producer(records: u64, bytes: usize, run: &str) -> f64 {
+async fn raw_producer(kafka: &KafkaSettings, records: u64, bytes: usize, run: &str) -> f64 {
     let topic = format!("bench-{run}-raw");
     strata_pipeline::kafka::ensure_topics(
-        &strata_pipeline::kafka::client_config(&support::kafka()),
+        &strata_pipeline::kafka::client_config(kafka),
         &[strata_pipeline::kafka::TopicSpec {
             name: topic.clone(),
             partitions: 4,
@@ -285,7 +296,7 @@ async fn raw_producer(records: u64, bytes: usize, run: &str) -> f64 {
     )
     .await
     .expect("topic");
-    let producer = strata_pipeline::kafka::producer(&support::kafka()).expect("producer");
+    let producer = strata_pipeline::kafka::producer(kafka).expect("producer");
     let mut sender = support::Sender::new(producer);
     let started = Instant::now();
     for i in 0..records {
@@ -312,22 +323,41 @@ async fn main() {
             .parse()
             .expect("STRATA_BENCH_CHANGES is a number")
     };
-    let run = std::process::id().to_string();
-    let rows = vec![
-        streaming(changes, 1, &run).await,
-        streaming(changes, 1000, &run).await,
-        snapshot(changes, &run).await,
-    ];
-    // An event of `items` is about 330 bytes framed (envelope, source block, position).
-    let raw = raw_producer(changes, 330, &run).await;
-    println!("\nPostgreSQL source, {changes} changes per scenario (broker: tansu, sqlite engine)");
+    let mut brokers = vec![(
+        "tansu, sqlite engine (scripts/services.sh)".to_string(),
+        support::kafka(),
+        None,
+    )];
+    match MemoryBroker::start() {
+        Some(broker) => brokers.push((
+            "tansu, memory engine (private)".to_string(),
+            broker.settings(),
+            Some(broker),
+        )),
+        None => eprintln!("[bench] no `tansu` on PATH: the memory-engine run is skipped"),
+    }
+    for (i, (label, kafka, _broker)) in brokers.iter().enumerate() {
+        let run = format!("{}_{i}", std::process::id());
+        let rows = vec![
+            streaming(kafka, changes, 1, &run).await,
+            streaming(kafka, changes, 1000, &run).await,
+            snapshot(kafka, changes, &run).await,
+        ];
+        // An event of `items` is about 330 bytes framed (envelope, source block, position).
+        let raw = raw_producer(kafka, changes, 330, &run).await;
+        print_table(label, changes, &rows, raw);
+    }
+}
+
+fn print_table(broker: &str, changes: u64, rows: &[Row], raw: f64) {
+    println!("\nPostgreSQL source, {changes} changes per scenario; broker: {broker}");
     println!(
         "{:<34} {:>12} {:>16} {:>8} {:>12}",
-        "scenario", "strata /s", "reference /s", "ratio", "vs raw prod."
+        "scenario", "strata /s", "pg_recvlogical /s", "ratio", "vs raw prod."
     );
-    for row in &rows {
+    for row in rows {
         let (reference, ratio) = match row.reference {
-            Some((_, r)) => (format!("{r:.0}"), format!("{:.2}", row.strata / r)),
+            Some(r) => (format!("{r:.0}"), format!("{:.2}", row.strata / r)),
             None => ("-".into(), "-".into()),
         };
         println!(
@@ -339,8 +369,57 @@ async fn main() {
             row.strata / raw
         );
     }
-    println!(
-        "{:<34} {:>12.0}   (reference = pg_recvlogical to /dev/null, same WAL)",
-        "raw rdkafka producer, 330 B", raw
-    );
+    println!("{:<34} {:>12.0}", "raw rdkafka producer, 330 B", raw);
+}
+
+/// A tansu broker with the memory engine on a free port, for the broker-unbound figure;
+/// killed when dropped.
+struct MemoryBroker {
+    child: std::process::Child,
+    address: String,
+}
+
+impl MemoryBroker {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
+        let child = std::process::Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&address).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Self { child, address })
+    }
+
+    fn settings(&self) -> KafkaSettings {
+        serde_yaml_ng::from_str(&format!("{{bootstrap_servers: '{}'}}", self.address))
+            .expect("kafka settings")
+    }
+}
+
+impl Drop for MemoryBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
