@@ -14,7 +14,7 @@ use strata_pipeline::ops::shutdown::CancellationToken;
 use strata_pipeline::processors;
 use strata_pipeline::runtime::{
     processor_spec, run_processor, run_sink, sink_spec, ComponentTask, Processor, ProcessorEnv,
-    Sink, Starter,
+    Sink, Source, Starter,
 };
 use strata_pipeline::topology::{parse_settings, Catalog, Component, SettingsError, Topology};
 
@@ -162,10 +162,13 @@ impl Components {
                     codec: self.codec.clone(),
                     metrics: metrics.clone(),
                 };
+                let source: Box<dyn Source> =
+                    Box::new(strata_connectors::postgres::source::PostgresSource {
+                        config,
+                        context: ctx,
+                    });
                 Some(Box::pin(async move {
-                    strata_connectors::postgres::source::run(&config, &ctx, shutdown)
-                        .await
-                        .map_err(|e| e.to_string())
+                    source.run(shutdown).await.map_err(|e| e.to_string())
                 }))
             }
             _ => None,

@@ -351,3 +351,225 @@ async fn resumes_from_the_confirmed_position_after_a_restart() {
     );
     f.finish().await;
 }
+
+/// The next `n` values of `consumer`, decoded.
+async fn take(f: &Fixture, consumer: &StreamConsumer, n: usize) -> Vec<Value> {
+    let mut values = Vec::new();
+    tokio::time::timeout(Duration::from_secs(90), async {
+        while values.len() < n {
+            let msg = consumer.recv().await.expect("a record");
+            let decoded = f.codec.decode(msg.payload().unwrap()).await.unwrap();
+            values.push(decoded.value);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} events within 90 s, got {}", values.len()));
+    values
+}
+
+async fn confirmed_reaches(f: &Fixture, target: &str) {
+    let (url, slot, target) = (f.url.clone(), f.slot.clone(), target.to_string());
+    support::wait_for(
+        &format!("confirmed_flush_lsn ≥ {target}"),
+        Duration::from_secs(60),
+        || {
+            let (url, slot, target) = (url.clone(), slot.clone(), target.clone());
+            async move {
+                let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                    .await
+                    .ok()?;
+                sqlx::query_scalar::<_, Option<bool>>(
+                    "SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+                )
+                .bind(&slot)
+                .bind(&target)
+                .fetch_one(&mut c)
+                .await
+                .ok()?
+                .filter(|ok| *ok)
+                .map(|_| ())
+            }
+        },
+    )
+    .await;
+}
+
+async fn wal_lsn(conn: &mut sqlx::PgConnection) -> String {
+    sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// The slot keeps moving while the captured table is idle: past writes to other tables of
+/// the same database and past writes in other databases only (keepalives answered with
+/// the confirmed position); and the optional heartbeat writes into the slot's database.
+#[tokio::test]
+async fn an_idle_slot_keeps_advancing() {
+    let mut f = fixture(
+        "pgidle",
+        "CREATE TABLE items (id bigint PRIMARY KEY, note text);
+         CREATE TABLE other (id bigserial PRIMARY KEY, note text);",
+        "public.items",
+    )
+    .await;
+    let mut config = (*f.config).clone();
+    config.heartbeat_interval = Some(strata_pipeline::topology::units::Duration(
+        Duration::from_secs(1),
+    ));
+    f.config = Arc::new(config);
+    let stop = CancellationToken::new();
+    let task = f.start(stop.clone());
+    f.wait_slot(true).await;
+
+    for _ in 0..20 {
+        f.conn
+            .execute("INSERT INTO other (note) SELECT 'x' FROM generate_series(1, 500)")
+            .await
+            .unwrap();
+    }
+    let after_other_tables = wal_lsn(&mut f.conn).await;
+    confirmed_reaches(&f, &after_other_tables).await;
+
+    let (_, mut elsewhere) = support::fresh_db("pgidle_elsewhere").await;
+    elsewhere
+        .execute("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 10000)")
+        .await
+        .unwrap();
+    let after_other_database = wal_lsn(&mut elsewhere).await;
+    confirmed_reaches(&f, &after_other_database).await;
+
+    let (url, db) = (f.url.clone(), f.url.rsplit('/').next().unwrap().to_string());
+    support::wait_for("a heartbeat in the slot's database", Duration::from_secs(30), || {
+        let (url, db) = (url.clone(), db.clone());
+        async move {
+            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.ok()?;
+            let beats: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE '%strata.heartbeat%' AND pid <> pg_backend_pid()",
+            )
+            .bind(&db)
+            .fetch_one(&mut c)
+            .await
+            .ok()?;
+            (beats > 0).then_some(())
+        }
+    })
+    .await;
+
+    stop.cancel();
+    task.await.unwrap().expect("stops cleanly");
+    f.finish().await;
+}
+
+/// ADD COLUMN, DROP COLUMN and a type change mid-stream: each event carries the table's
+/// shape at its commit, and each shape is a new version of the value subject.
+#[tokio::test]
+async fn schema_changes_mid_stream_register_new_versions() {
+    let mut f = fixture(
+        "pgddl",
+        "CREATE TABLE items (id bigint PRIMARY KEY, note text, qty integer)",
+        "public.items",
+    )
+    .await;
+    let stop = CancellationToken::new();
+    let task = f.start(stop.clone());
+    f.wait_slot(true).await;
+    for sql in [
+        "INSERT INTO items VALUES (1, 'before', 1)",
+        "ALTER TABLE items ADD COLUMN extra text",
+        "INSERT INTO items VALUES (2, 'added', 2, 'more')",
+        "ALTER TABLE items DROP COLUMN note",
+        "INSERT INTO items VALUES (3, 3, 'dropped')",
+        "ALTER TABLE items ALTER COLUMN qty TYPE bigint",
+        "INSERT INTO items VALUES (4, 5000000000, 'widened')",
+    ] {
+        f.conn.execute(sql).await.unwrap();
+    }
+    let consumer = f.subscribe("items").await;
+    let mut events = take(&f, &consumer, 4).await;
+    events.sort_by_key(|v| match field(field(v, "after"), "id") {
+        Value::Long(id) => *id,
+        v => panic!("{v:?}"),
+    });
+    let names = |v: &Value| -> Vec<String> {
+        match field(v, "after") {
+            Value::Record(fields) => fields.iter().map(|(n, _)| n.clone()).collect(),
+            v => panic!("{v:?}"),
+        }
+    };
+    assert_eq!(names(&events[0]), ["id", "note", "qty"]);
+    assert_eq!(names(&events[1]), ["id", "note", "qty", "extra"]);
+    assert_eq!(text(field(field(&events[1], "after"), "extra")), "more");
+    assert_eq!(names(&events[2]), ["id", "qty", "extra"]);
+    assert_eq!(field(field(&events[2], "after"), "qty"), &Value::Int(3));
+    assert_eq!(
+        field(field(&events[3], "after"), "qty"),
+        &Value::Long(5_000_000_000),
+        "the widened column carries a bigint"
+    );
+    let subject = format!(
+        "{}.cdc.{}.public.items-value",
+        f.ctx.region,
+        f.url.rsplit('/').next().unwrap()
+    );
+    let versions: Vec<i64> =
+        reqwest::get(format!("{}/subjects/{subject}/versions", f.registry.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(versions.len(), 4, "one version per shape: {versions:?}");
+    stop.cancel();
+    task.await.unwrap().expect("stops cleanly");
+    f.finish().await;
+}
+
+/// An update that leaves a TOASTed value unchanged: pgoutput does not send the value; the
+/// event says so in `unavailable_columns` instead of passing a NULL off as the value.
+#[tokio::test]
+async fn unchanged_toast_values_are_marked_unavailable() {
+    let mut f = fixture(
+        "pgtoast",
+        "CREATE TABLE docs (id bigint PRIMARY KEY, status text, body text);
+         ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;",
+        "public.docs",
+    )
+    .await;
+    let stop = CancellationToken::new();
+    let task = f.start(stop.clone());
+    f.wait_slot(true).await;
+    f.conn
+        .execute("INSERT INTO docs SELECT 1, 'new', string_agg(md5(g::text), '') FROM generate_series(1, 400) g")
+        .await
+        .unwrap();
+    f.conn
+        .execute("UPDATE docs SET status = 'reviewed' WHERE id = 1")
+        .await
+        .unwrap();
+    let consumer = f.subscribe("docs").await;
+    let events = take(&f, &consumer, 2).await;
+    let unavailable = |v: &Value| match field(v, "unavailable_columns") {
+        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>(),
+        v => panic!("{v:?}"),
+    };
+    assert_eq!(text(field(&events[0], "op")), "c");
+    assert_eq!(
+        text(field(field(&events[0], "after"), "body")).len(),
+        12_800
+    );
+    assert!(unavailable(&events[0]).is_empty());
+    assert_eq!(text(field(&events[1], "op")), "u");
+    assert_eq!(
+        text(field(field(&events[1], "after"), "status")),
+        "reviewed"
+    );
+    assert_eq!(
+        unavailable(&events[1]),
+        ["body"],
+        "the unchanged TOAST value is named"
+    );
+    stop.cancel();
+    task.await.unwrap().expect("stops cleanly");
+    f.finish().await;
+}

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use apache_avro::types::Value;
+use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use pgwire_replication::{Lsn as WireLsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -28,6 +29,7 @@ use strata_pipeline::avro::{Codec, CodecError, Writer};
 use strata_pipeline::kafka::acks::{AckTracker, TxId};
 use strata_pipeline::kafka::{ensure_topics, KafkaError, TopicSpec};
 use strata_pipeline::ops::shutdown::CancellationToken;
+use strata_pipeline::runtime::{Source, SourceFailure};
 use strata_pipeline::topology::KafkaSettings;
 
 use super::config::{PostgresSourceConfig, SnapshotMode};
@@ -263,6 +265,25 @@ pub fn topics(config: &PostgresSourceConfig, region: &str) -> Vec<String> {
         .collect()
 }
 
+/// The PostgreSQL source behind the pipeline's [`Source`] seam.
+pub struct PostgresSource {
+    pub config: PostgresSourceConfig,
+    pub context: SourceContext,
+}
+
+impl Source for PostgresSource {
+    fn run(
+        self: Box<Self>,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, Result<(), SourceFailure>> {
+        Box::pin(async move {
+            run(&self.config, &self.context, shutdown)
+                .await
+                .map_err(SourceFailure::from)
+        })
+    }
+}
+
 /// Runs the source until `shutdown`. After a transient failure it waits (0.5 s doubling
 /// to 30 s, back to 0.5 s after a minute of running) and starts again from the slot's
 /// confirmed position; a definite failure is returned.
@@ -417,6 +438,9 @@ async fn run_once(
     }
     drop(conn);
     client.start().await?;
+    let _heartbeat = config
+        .heartbeat_interval
+        .map(|every| Heartbeat::start(options.clone(), every.0));
     stream(&mut client, &mut emitter, shutdown).await?;
     emitter.drain().await?;
     if let Some(lsn) = emitter.tracker.confirmed() {
@@ -426,6 +450,45 @@ async fn run_once(
     tokio::time::sleep(config.status_interval.0 + Duration::from_millis(200)).await;
     client.shutdown().await?;
     Ok(())
+}
+
+/// Writes a WAL record into the slot's database every interval, while the stream runs.
+///
+/// When the captured tables are idle and the rest of the server writes WAL in *other*
+/// databases, the walsender has nothing of this database to decode, so keepalives never
+/// pass the slot forward and the WAL piles up. A logical message in this database gives
+/// it something to pass (pgoutput does not publish it), and the keepalive after it lets
+/// the source confirm past it. Failures are logged and retried on the next tick.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(options: PgConnectOptions, every: Duration) -> Self {
+        Self(tokio::spawn(async move {
+            let mut conn: Option<PgConnection> = None;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if conn.is_none() {
+                    conn = PgConnection::connect_with(&options).await.ok();
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                if let Err(error) = c
+                    .execute("SELECT pg_logical_emit_message(false, 'strata.heartbeat', '')")
+                    .await
+                {
+                    tracing::warn!(%error, "heartbeat failed; retrying on the next interval");
+                    conn = None;
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn snapshot_tables(

@@ -7,12 +7,14 @@ mod changelog;
 pub mod harness;
 pub mod processor;
 pub mod sink;
+pub mod source;
 pub mod stream;
 
 pub use processor::{
     Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection, Timer,
 };
 pub use sink::{run_sink, Rejected, Sink, SinkError, SinkRecord, SinkSpec};
+pub use source::{Source, SourceFailure};
 pub use stream::{run_processor, ProcessorEnv, ProcessorSpec};
 
 use std::net::SocketAddr;
