@@ -26,7 +26,9 @@ async fn every_problem_is_named_with_its_fix() {
     ]
     .map(String::from)
     .to_vec();
-    let err = check(&mut conn, &tables, "prereq_slot").await.unwrap_err();
+    let err = check(&mut conn, &tables, "prereq_slot", false)
+        .await
+        .unwrap_err();
     let PrerequisiteError::Unmet(problems) = &err else {
         panic!("{err}")
     };
@@ -47,9 +49,14 @@ async fn every_problem_is_named_with_its_fix() {
     assert!(about("public.missing").contains("does not exist"), "{err}");
     assert!(about("public.good").is_empty(), "{err}");
 
-    let infos = check(&mut conn, &["public.good".to_string()], "prereq_slot")
-        .await
-        .expect("the good table passes");
+    let infos = check(
+        &mut conn,
+        &["public.good".to_string()],
+        "prereq_slot",
+        false,
+    )
+    .await
+    .expect("the good table passes");
     assert_eq!(infos[0].primary_key, vec!["id"]);
     assert_eq!(infos[0].columns.len(), 4);
     assert!(infos[0].columns[1].nullable && !infos[0].columns[0].nullable);

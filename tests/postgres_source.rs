@@ -573,3 +573,40 @@ async fn unchanged_toast_values_are_marked_unavailable() {
     task.await.unwrap().expect("stops cleanly");
     f.finish().await;
 }
+
+/// A captured table dropped while the source was down: on restart the source warns and
+/// streams the other tables (on a first start a missing table is an error, see
+/// tests/postgres_prerequisites.rs).
+#[tokio::test]
+async fn a_table_dropped_while_down_does_not_stop_the_others() {
+    let mut f = fixture(
+        "pgdropped",
+        "CREATE TABLE items (id bigint PRIMARY KEY, note text);
+         CREATE TABLE gone (id bigint PRIMARY KEY);",
+        "public.items, public.gone",
+    )
+    .await;
+    let first = CancellationToken::new();
+    let task = f.start(first.clone());
+    f.wait_slot(true).await;
+    first.cancel();
+    task.await.unwrap().expect("stops cleanly");
+    f.wait_slot(false).await;
+    f.conn
+        .execute("DROP TABLE gone; INSERT INTO items VALUES (1, 'after the drop')")
+        .await
+        .unwrap();
+
+    let second = CancellationToken::new();
+    let task = f.start(second.clone());
+    let consumer = f.subscribe("items").await;
+    let events = take(&f, &consumer, 1).await;
+    assert_eq!(text(field(&events[0], "op")), "c");
+    assert_eq!(
+        text(field(field(&events[0], "after"), "note")),
+        "after the drop"
+    );
+    second.cancel();
+    task.await.unwrap().expect("stops cleanly");
+    f.finish().await;
+}

@@ -58,10 +58,16 @@ fn problem(table: Option<&str>, what: impl Into<String>, fix: impl Into<String>)
 }
 
 /// Checks everything and returns the tables' columns and keys, or every problem found.
+///
+/// `resuming` (the slot exists): a table that no longer exists was dropped while the
+/// source ran or was down; it has no more changes to lose, so it is skipped with a warning
+/// and the other tables keep streaming. On a first start a missing table is an error (most
+/// likely a typo in the topology).
 pub async fn check(
     conn: &mut PgConnection,
     tables: &[String],
     slot: &str,
+    resuming: bool,
 ) -> Result<Vec<TableInfo>, PrerequisiteError> {
     let mut problems = Vec::new();
     let wal_level: String = sqlx::query_scalar("SHOW wal_level")
@@ -116,6 +122,10 @@ pub async fn check(
         .fetch_optional(&mut *conn)
         .await?;
         let Some((identity, can_select, has_pk)) = row else {
+            if resuming && tables.len() > 1 {
+                tracing::warn!(table = %format!("{schema}.{name}"), "a captured table no longer exists (dropped); streaming the others. Remove it from the source's `tables`");
+                continue;
+            }
             problems.push(problem(
                 t,
                 "the table does not exist",

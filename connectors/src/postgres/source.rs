@@ -327,13 +327,15 @@ async fn run_once(
         .options()
         .map_err(|e| SourceError::Database(sqlx::Error::Configuration(e.to_string().into())))?;
     let mut conn = PgConnection::connect_with(&options).await?;
-    let tables = prerequisites::check(&mut conn, &config.tables, &config.slot).await?;
-    prerequisites::ensure_publication(&mut conn, &config.publication, &config.tables).await?;
     let mut slot: Option<(Option<String>, Option<String>)> =
         sqlx::query_as("SELECT confirmed_flush_lsn::text, wal_status FROM pg_replication_slots WHERE slot_name = $1")
             .bind(&config.slot)
             .fetch_optional(&mut conn)
             .await?;
+    let tables =
+        prerequisites::check(&mut conn, &config.tables, &config.slot, slot.is_some()).await?;
+    let present: Vec<String> = tables.iter().map(|t| t.qualified()).collect();
+    prerequisites::ensure_publication(&mut conn, &config.publication, &present).await?;
     if let Some((_, Some(status))) = &slot {
         if status == "lost" {
             return Err(SourceError::SlotLost {
