@@ -30,6 +30,7 @@ pub fn catalog() -> Catalog {
         .with(strata_connectors::sqlserver::kind())
         .with(processors::conflict_resolution::kind())
         .with(processors::claim_analysis::kind())
+        .with(processors::claim_assembly::kind())
         .with(processors::tiering::kind())
         .with(strata_connectors::sinks::hot::kind())
         .with(strata_connectors::sinks::warm::kind())
@@ -59,6 +60,10 @@ impl Starter for Components {
             },
             "claim_analysis" => match parse_settings(&component.settings) {
                 Ok(c) => Box::new(processors::claim_analysis::ClaimAnalysis::new(c)),
+                Err(e) => return Some(settings_error(e)),
+            },
+            "claim_assembly" => match parse_settings(&component.settings) {
+                Ok(c) => Box::new(processors::claim_assembly::ClaimAssembly::new(c)),
                 Err(e) => return Some(settings_error(e)),
             },
             "tiering" => match parse_settings(&component.settings) {

@@ -148,6 +148,12 @@ pub fn rewrite(envelope: &Value, changes: &[(&str, Option<Value>)]) -> Value {
     )
 }
 
+/// A value as stable text (JSON of its [`Cell`]): state keys and partitioning bytes, equal
+/// for equal values whatever stage computes them.
+pub fn describe(cell: &Cell) -> String {
+    serde_json::to_string(cell).unwrap_or_default()
+}
+
 /// A serde mirror of the Avro values a row holds, for rows kept in state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Cell {

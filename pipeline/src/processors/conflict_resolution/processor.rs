@@ -10,7 +10,7 @@ use super::config::ConflictConfig;
 use super::merge::{Merged, Rules, Stamp};
 use crate::avro::schemas::CONFLICT_AUDIT;
 use crate::processors::change::{
-    column, decode_state, encode_state, rewrite, to_cells, Cell, Change,
+    column, decode_state, describe, encode_state, rewrite, to_cells, Cell, Change,
 };
 use crate::runtime::{Context, Event, Output, OutputSchema, ProcessError, Processor};
 
@@ -53,10 +53,6 @@ impl ConflictResolution {
             None => change.region.clone(),
         }
     }
-}
-
-fn describe(cell: &Cell) -> String {
-    serde_json::to_string(cell).unwrap_or_default()
 }
 
 impl Processor for ConflictResolution {

@@ -4,33 +4,13 @@
 use apache_avro::types::Value;
 
 use super::{Tiering, TieringConfig};
+use crate::processors::testing::envelope;
 use crate::runtime::harness::Harness;
 use crate::runtime::processor::record_field;
 use crate::runtime::{Event, Output};
 
 const DAY_MS: i64 = 86_400_000;
 const NOW: i64 = 20_000 * DAY_MS; // day 20000 = 2024-10-04
-
-fn envelope(table: &str, position: u64, ts_ms: i64, row: Vec<(&str, Value)>) -> Value {
-    let row = Value::Record(row.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
-    Value::Record(vec![
-        ("before".into(), Value::Union(0, Box::new(Value::Null))),
-        ("after".into(), Value::Union(1, Box::new(row))),
-        (
-            "source".into(),
-            Value::Record(vec![
-                ("schema".into(), Value::String("public".into())),
-                ("table".into(), Value::String(table.into())),
-                (
-                    "position".into(),
-                    Value::String(format!("{position:016x}-00000000")),
-                ),
-                ("ts_ms".into(), Value::Long(ts_ms)),
-            ]),
-        ),
-        ("op".into(), Value::String("c".into())),
-    ])
-}
 
 fn feed(h: &mut Harness<Tiering>, key: i64, value: &Value, offset: i64) -> Vec<Output> {
     let key = Value::Record(vec![("claim_id".into(), Value::Long(key))]);
