@@ -286,7 +286,9 @@ impl Source for PostgresSource {
 
 /// Runs the source until `shutdown`. After a transient failure it waits (0.5 s doubling
 /// to 30 s, back to 0.5 s after a minute of running) and starts again from the slot's
-/// confirmed position; a definite failure is returned.
+/// confirmed position; a definite failure is returned. So is any failure before the
+/// first connection to PostgreSQL ever succeeded: a wrong address or a server that is not
+/// there at start-up is reported at once rather than retried in silence.
 pub async fn run(
     config: &PostgresSourceConfig,
     ctx: &SourceContext,
@@ -294,11 +296,12 @@ pub async fn run(
 ) -> Result<(), SourceError> {
     const FIRST_WAIT: Duration = Duration::from_millis(500);
     let mut wait = FIRST_WAIT;
+    let mut connected_once = false;
     loop {
         let started = std::time::Instant::now();
-        let error = match run_once(config, ctx, &shutdown).await {
+        let error = match run_once(config, ctx, &shutdown, &mut connected_once).await {
             Ok(()) => return Ok(()),
-            Err(e) if e.is_transient() && !shutdown.is_cancelled() => e,
+            Err(e) if e.is_transient() && connected_once && !shutdown.is_cancelled() => e,
             Err(e) => return Err(e),
         };
         if started.elapsed() > Duration::from_secs(60) {
@@ -321,12 +324,14 @@ async fn run_once(
     config: &PostgresSourceConfig,
     ctx: &SourceContext,
     shutdown: &CancellationToken,
+    connected_once: &mut bool,
 ) -> Result<(), SourceError> {
     let options = config
         .connection
         .options()
         .map_err(|e| SourceError::Database(sqlx::Error::Configuration(e.to_string().into())))?;
     let mut conn = PgConnection::connect_with(&options).await?;
+    *connected_once = true;
     let mut slot: Option<(Option<String>, Option<String>)> =
         sqlx::query_as("SELECT confirmed_flush_lsn::text, wal_status FROM pg_replication_slots WHERE slot_name = $1")
             .bind(&config.slot)
