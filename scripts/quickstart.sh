@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything and runs the quickstart topology end to end, with live progress:
 # PostgreSQL claims (snapshot, then a live stream of new claims and their lifecycle)
-# → Kafka → conflict resolution, claim analysis, tiering → hot, warm and cold stores.
+# → Kafka → conflict resolution, claim assembly, claim analysis, tiering → hot, warm and cold stores.
 # Ctrl-C stops it cleanly; STRATA_QUICKSTART_SECONDS=N stops it after N seconds.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -64,7 +64,7 @@ declare -A before=()
 show_progress() {
   local metrics line="" stage now
   metrics=$(curl -fsS "http://$listen/metrics" 2>/dev/null) || return 0
-  for stage in conflicts analysis tiering hot warm cold; do
+  for stage in conflicts assembly analysis tiering hot warm cold; do
     now=$(counter strata_events_in_total "$stage" "$metrics")
     line+="$stage $(( (now - ${before[$stage]:-$now}) / 3 ))/s  "
     before[$stage]=$now

@@ -522,9 +522,21 @@ async fn snapshot_tables(
         "SET LOCAL TIME ZONE 'UTC'; SET LOCAL DateStyle = 'ISO'; SET LOCAL bytea_output = 'hex'",
     )
     .await?;
+    // No DDL on the captured tables until the snapshot commits; a change made between
+    // the prerequisite check and this lock is seen by reading the shapes again after it
+    // (catalog reads are not bound to the exported snapshot).
+    let names: Vec<String> = tables.iter().map(|t| t.qualified()).collect();
+    let list = tables
+        .iter()
+        .map(|t| format!("\"{}\".\"{}\"", t.schema, t.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    conn.execute(format!("LOCK TABLE {list} IN ACCESS SHARE MODE").as_str())
+        .await?;
+    let tables = prerequisites::check(&mut conn, &names, &config.slot, true).await?;
     let tx = emitter.tracker.begin();
     let mut index = 0u32;
-    for table in tables {
+    for table in &tables {
         let shape = TableShape {
             schema: table.schema.clone(),
             table: table.name.clone(),

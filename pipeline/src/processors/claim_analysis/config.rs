@@ -22,6 +22,10 @@ pub struct ClaimAnalysisConfig {
     /// is an outlier.
     #[serde(default = "default_outlier_z")]
     pub outlier_z: f64,
+    /// How far a provider's share of the two highest E&M levels may exceed its peers'
+    /// before its high-level lines are flagged as upcoding (0.25 = 25 points).
+    #[serde(default = "default_upcoding_drift")]
+    pub upcoding_drift: f64,
     #[serde(default)]
     pub thresholds: RoutingThresholds,
 }
@@ -56,6 +60,9 @@ fn default_member_velocity() -> u32 {
 fn default_provider_velocity() -> u32 {
     200
 }
+fn default_upcoding_drift() -> f64 {
+    0.25
+}
 fn default_outlier_z() -> f64 {
     3.0
 }
@@ -82,6 +89,17 @@ impl ClaimAnalysisConfig {
                 path: "outlier_z".into(),
                 message: "outlier_z must be positive".into(),
                 hint: Some("3.5 to 5 are usual".into()),
+            });
+        }
+        if !(0.0..1.0).contains(&self.upcoding_drift) || self.upcoding_drift == 0.0 {
+            errors.push(SettingsError {
+                kind: DiagnosticKind::InvalidValue,
+                path: "upcoding_drift".into(),
+                message: format!(
+                    "upcoding_drift must be in (0, 1), got {}",
+                    self.upcoding_drift
+                ),
+                hint: Some("0.25 flags a provider 25 points above its peers".into()),
             });
         }
         errors

@@ -1,8 +1,11 @@
 //! Claim analysis: validation, classification and scoring with reasons.
 
 mod config;
+mod lines;
 mod processor;
 pub mod rules;
+#[cfg(test)]
+mod tests;
 
 pub use config::{ClaimAnalysisConfig, RoutingThresholds};
 pub use processor::ClaimAnalysis;

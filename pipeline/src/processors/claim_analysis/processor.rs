@@ -7,8 +7,8 @@
 //! limit) by emitting a new record for them, whose id derives from the event that
 //! revised it. Sinks keep the latest analysis per claim.
 //!
-//! Not yet: procedure-level features (near duplicates by procedure, amount history per
-//! procedure, upcoding), which need the claim lines joined to their claim.
+//! Claim lines (delivered after their claim by the claim-assembly stage) revise the
+//! claim's analysis with line-level features; see [`super::lines`].
 
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use apache_avro::types::Value;
 use serde::{Deserialize, Serialize};
 
 use super::config::ClaimAnalysisConfig;
+use super::lines::{self, Line, EM_MIX, PROCEDURE_AMOUNTS};
 use super::rules::{self, reason, AmountStats, Reason};
 use crate::avro::schemas::CLAIM_ANALYSIS;
 use crate::processors::change::{column, decode_state, encode_state, number, Cell, Change, Row};
@@ -59,6 +60,9 @@ struct Claim {
     key: Cell,
     key_schema_id: u32,
     reasons: Vec<Reason>,
+    /// Lines seen so far, by line number.
+    #[serde(default)]
+    lines: Vec<Line>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +159,7 @@ impl ClaimAnalysis {
             key: Cell::from(event.key.unwrap_or(&Value::Null)),
             key_schema_id: event.key_schema_id.unwrap_or_default(),
             reasons: Vec::new(),
+            lines: Vec::new(),
         })
     }
 
@@ -386,6 +391,11 @@ impl ClaimAnalysis {
         stats.add(claim.billed);
         ctx.put(AMOUNTS, &stats_key, encode_state(&stats));
 
+        // Lines that arrived while the claim waited for its member's coverage.
+        for line in &claim.lines {
+            lines::judge(&self.config, claim.provider, line, &mut reasons, ctx)?;
+        }
+        lines::derive(&mut reasons, &claim.lines, claim.billed);
         claim.reasons = reasons;
         ctx.put(CLAIMS, &claim.claim_id.to_be_bytes(), encode_state(&claim));
         self.emit(
@@ -456,6 +466,69 @@ impl ClaimAnalysis {
     }
 }
 
+impl ClaimAnalysis {
+    /// A line of a claim this stage has seen: added to (or removed from) the claim, and
+    /// the claim's analysis revised under an id derived from the line's position.
+    fn line(&self, change: &Change, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let row = change
+            .row()
+            .ok_or_else(|| Rejection::new("line.no_row", "a claim-line change without a row"))?;
+        let (Some(claim_id), Some(line_number)) = (long(row, "claim_id"), long(row, "line_number"))
+        else {
+            return Err(Rejection::new(
+                "line.missing_field",
+                "claim line lacks claim_id or line_number",
+            )
+            .into());
+        };
+        let update = |claim: &mut Claim| -> Result<Option<Line>, Rejection> {
+            claim.lines.retain(|l| l.number != line_number);
+            if change.op == "d" {
+                return Ok(None);
+            }
+            let line = Line {
+                number: line_number,
+                procedure: text(row, "procedure_code").unwrap_or_default(),
+                charge: column(row, "charge_amount")
+                    .and_then(|v| number(v, AMOUNT_SCALE))
+                    .ok_or_else(|| {
+                        Rejection::new("line.missing_field", "claim line lacks charge_amount")
+                    })?,
+            };
+            claim.lines.push(line.clone());
+            claim.lines.sort_by_key(|l| l.number);
+            Ok(Some(line))
+        };
+        let claim_key = claim_id.to_be_bytes();
+        if let Some(mut claim) = ctx
+            .get(CLAIMS, &claim_key)?
+            .and_then(|b| decode_state::<Claim>(&b))
+        {
+            if let Some(line) = update(&mut claim)? {
+                lines::judge(&self.config, claim.provider, &line, &mut claim.reasons, ctx)?;
+            }
+            lines::derive(&mut claim.reasons, &claim.lines, claim.billed);
+            ctx.put(CLAIMS, &claim_key, encode_state(&claim));
+            self.emit(ctx, &claim, format!("{}/{}", change.position, claim_id));
+            return Ok(());
+        }
+        // The claim waits for its member's coverage: so does the line, inside it.
+        for (key, value) in ctx.scan_prefix(WAITING, &[])? {
+            let mut waiting: Vec<Claim> = decode_state(&value).unwrap_or_default();
+            if let Some(claim) = waiting.iter_mut().find(|c| c.claim_id == claim_id) {
+                update(claim)?;
+                ctx.put(WAITING, &key, encode_state(&waiting));
+                return Ok(());
+            }
+        }
+        Err(Rejection::new(
+            "line.unknown_claim",
+            format!("line {line_number} of claim {claim_id}, which this stage has not seen; is claim_assembly before claim_analysis?"),
+        )
+        .into())
+    }
+}
+
 impl Processor for ClaimAnalysis {
     fn stores(&self) -> Vec<&'static str> {
         vec![
@@ -466,6 +539,8 @@ impl Processor for ClaimAnalysis {
             MEMBER_DAYS,
             AMOUNTS,
             WAITING,
+            PROCEDURE_AMOUNTS,
+            EM_MIX,
         ]
     }
 
@@ -497,6 +572,7 @@ impl Processor for ClaimAnalysis {
                     }
                 }
             }
+            Some("claim_lines") => self.line(&change, ctx),
             _ => Ok(()),
         }
     }

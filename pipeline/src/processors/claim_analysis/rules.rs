@@ -32,6 +32,35 @@ pub fn is_procedure_code(code: &str) -> bool {
             || (b[0].is_ascii_uppercase() && b[1..].iter().all(u8::is_ascii_digit)))
 }
 
+/// Evaluation-and-management office visits, lowest to highest level.
+pub const EM_LEVELS: [&str; 5] = ["99211", "99212", "99213", "99214", "99215"];
+
+/// A provider's E&M lines seen so far, per level ([`EM_LEVELS`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EmCounts(pub [u64; 5]);
+
+/// E&M lines a provider needs before its level mix is compared with its peers'.
+pub const MIN_EM_LINES: u64 = 20;
+
+impl EmCounts {
+    pub fn add(&mut self, level: usize) {
+        self.0[level] += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Share of the two highest levels (99214, 99215).
+    pub fn high_share(&self) -> f64 {
+        let total = self.total();
+        if total == 0 {
+            return 0.0;
+        }
+        (self.0[3] + self.0[4]) as f64 / total as f64
+    }
+}
+
 /// The class a claim form implies.
 pub fn class_of_form(form: &str) -> Option<&'static str> {
     Some(match form {
@@ -106,7 +135,8 @@ pub fn weight(code: &str) -> f64 {
         "COVERAGE_INACTIVE" => 0.8,
         "VELOCITY_MEMBER" => 0.5,
         "DUPLICATE_NEAR" => 0.45,
-        "AMOUNT_OUTLIER" => 0.45,
+        "AMOUNT_OUTLIER" | "PROCEDURE_AMOUNT_OUTLIER" | "UPCODING" => 0.45,
+        "LINES_SUM_MISMATCH" => 0.3,
         "FUTURE_SERVICE" | "SERVICE_AFTER_SUBMISSION" | "NON_POSITIVE_AMOUNT" => 0.35,
         "BAD_DIAGNOSIS_CODE" | "BAD_PROCEDURE_CODE" => 0.3,
         "CLASS_MISMATCH" => 0.2,

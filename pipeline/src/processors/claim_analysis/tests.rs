@@ -1,0 +1,210 @@
+//! Line-level features of claim analysis on the in-memory harness.
+
+use apache_avro::types::Value;
+
+use super::{ClaimAnalysis, ClaimAnalysisConfig};
+use crate::processors::testing::{change, envelope};
+use crate::runtime::harness::Harness;
+use crate::runtime::processor::record_field;
+use crate::runtime::{Event, Output};
+
+const DAY: i32 = 20_400; // 2025-11-08
+const NOW_MS: i64 = (DAY as i64 + 10) * 86_400_000;
+
+struct Feeder {
+    h: Harness<ClaimAnalysis>,
+    position: u64,
+}
+
+impl Feeder {
+    fn new() -> Self {
+        let config: ClaimAnalysisConfig = serde_yaml_ng::from_str("{}").unwrap();
+        assert!(config.check().is_empty());
+        let mut f = Self {
+            h: Harness::new(ClaimAnalysis::new(config)),
+            position: 0,
+        };
+        for member in 1..=50 {
+            f.row(
+                "policies",
+                vec![
+                    ("policy_id", Value::Long(member)),
+                    ("member_id", Value::Long(member)),
+                    ("coverage_start", Value::Date(DAY - 365)),
+                ],
+            );
+        }
+        f
+    }
+
+    fn feed(&mut self, value: Value) -> Result<Vec<Output>, crate::runtime::ProcessError> {
+        let key = Value::Long(self.position as i64);
+        self.h.feed(&Event {
+            topic: "assembly",
+            partition: 0,
+            offset: self.position as i64,
+            timestamp_ms: NOW_MS,
+            key: Some(&key),
+            key_schema_id: Some(1),
+            value: Some(&value),
+            value_schema_id: Some(2),
+        })
+    }
+
+    fn row(&mut self, table: &str, row: Vec<(&str, Value)>) -> Vec<Output> {
+        self.position += 1;
+        let value = envelope(table, self.position, NOW_MS, row);
+        self.feed(value).expect("processed")
+    }
+
+    fn claim(&mut self, id: i64, member: i64, provider: i64, billed: f64) {
+        self.row(
+            "claims",
+            vec![
+                ("claim_id", Value::Long(id)),
+                ("member_id", Value::Long(member)),
+                ("provider_id", Value::Long(provider)),
+                ("claim_type", Value::String("PROFESSIONAL".into())),
+                ("form_type", Value::String("CMS1500".into())),
+                ("service_date_from", Value::Date(DAY - id as i32 % 200)),
+                ("service_date_to", Value::Date(DAY - id as i32 % 200)),
+                ("submitted_date", Value::Date(DAY)),
+                ("billed_amount", Value::Double(billed)),
+                (
+                    "diagnosis_codes",
+                    Value::Array(vec![Value::String("J06.9".into())]),
+                ),
+            ],
+        );
+    }
+
+    /// The reason codes of the analysis a line leads to.
+    fn line(&mut self, claim: i64, number: i64, code: &str, charge: f64) -> Vec<String> {
+        let out = self.row(
+            "claim_lines",
+            vec![
+                ("claim_id", Value::Long(claim)),
+                ("line_number", Value::Long(number)),
+                ("procedure_code", Value::String(code.into())),
+                ("charge_amount", Value::Double(charge)),
+            ],
+        );
+        assert_eq!(out.len(), 1, "a line revises its claim's analysis");
+        codes(&out[0])
+    }
+}
+
+fn codes(output: &Output) -> Vec<String> {
+    let Some(Value::Array(reasons)) = record_field(output.value.as_ref().unwrap(), "reasons")
+    else {
+        panic!("reasons")
+    };
+    reasons
+        .iter()
+        .filter_map(|r| match record_field(r, "code") {
+            Some(Value::String(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn lines_must_sum_to_the_header_and_carry_valid_codes() {
+    let mut f = Feeder::new();
+    f.claim(1, 1, 100, 200.0);
+    let first = f.line(1, 1, "99213", 125.0);
+    assert!(
+        first.contains(&"LINES_SUM_MISMATCH".to_string()),
+        "{first:?}"
+    );
+    let second = f.line(1, 2, "80053", 75.0);
+    assert!(second.is_empty(), "all lines in, sum matches: {second:?}");
+    let bad = f.line(1, 3, "9921", 0.0);
+    assert!(bad.contains(&"BAD_PROCEDURE_CODE".to_string()), "{bad:?}");
+    // Removing the bad line clears what it caused.
+    f.position += 1;
+    let delete = change(
+        "claim_lines",
+        "d",
+        f.position,
+        NOW_MS,
+        Some(vec![
+            ("claim_id", Value::Long(1)),
+            ("line_number", Value::Long(3)),
+        ]),
+        None,
+    );
+    let out = f.feed(delete).unwrap();
+    assert!(codes(&out[0]).is_empty(), "{:?}", codes(&out[0]));
+}
+
+#[test]
+fn a_charge_far_above_the_procedures_history_is_an_outlier() {
+    let mut f = Feeder::new();
+    for id in 1..=40 {
+        let charge = 120.0 + (id % 7) as f64;
+        f.claim(id, id % 50 + 1, 100 + id % 5, charge);
+        assert!(!f
+            .line(id, 1, "99213", charge)
+            .contains(&"PROCEDURE_AMOUNT_OUTLIER".to_string()));
+    }
+    f.claim(41, 3, 101, 2_400.0);
+    let codes = f.line(41, 1, "99213", 2_400.0);
+    assert!(
+        codes.contains(&"PROCEDURE_AMOUNT_OUTLIER".to_string()),
+        "{codes:?}"
+    );
+}
+
+#[test]
+fn a_provider_billing_high_levels_far_more_than_its_peers_is_upcoding() {
+    let mut f = Feeder::new();
+    let mut id = 0;
+    // Peers bill mostly middle levels.
+    for i in 0..200 {
+        id += 1;
+        f.claim(id, i % 50 + 1, 200 + i % 10, 100.0);
+        let level = ["99212", "99213", "99213", "99214"][i as usize % 4];
+        f.line(id, 1, level, 100.0);
+    }
+    // Provider 9 bills 99215 on every visit.
+    let mut flagged = 0;
+    for i in 0..30 {
+        id += 1;
+        f.claim(id, i % 50 + 1, 9, 260.0);
+        if f.line(id, 1, "99215", 260.0)
+            .contains(&"UPCODING".to_string())
+        {
+            flagged += 1;
+        }
+    }
+    assert!(
+        flagged >= 10,
+        "the provider's high-level lines are flagged once its mix is known: {flagged}"
+    );
+    // A peer's 99214 is not.
+    id += 1;
+    f.claim(id, 1, 201, 185.0);
+    assert!(!f
+        .line(id, 1, "99214", 185.0)
+        .contains(&"UPCODING".to_string()));
+}
+
+#[test]
+fn a_line_of_a_claim_never_seen_is_rejected() {
+    let mut f = Feeder::new();
+    f.position += 1;
+    let line = envelope(
+        "claim_lines",
+        f.position,
+        NOW_MS,
+        vec![
+            ("claim_id", Value::Long(999)),
+            ("line_number", Value::Long(1)),
+            ("procedure_code", Value::String("99213".into())),
+            ("charge_amount", Value::Double(1.0)),
+        ],
+    );
+    let err = f.feed(line).unwrap_err();
+    assert!(err.to_string().contains("claim_assembly"), "{err}");
+}
