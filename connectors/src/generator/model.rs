@@ -541,8 +541,9 @@ impl ClaimFactory {
         let (member, date) = self.covered_member(from, to);
         let mut options: Vec<&'static Procedure> = catalog::procedures_of(claim_type).collect();
         if self.upcoders.contains(&provider) {
-            // Upcoders bill the top E&M levels only on their labelled claims.
-            options.retain(|p| p.code != "99215");
+            // An upcoder's visits drift up: every ordinary one is billed at 99214, and the
+            // top level, 99215, only on its labelled claims.
+            options.retain(|p| !catalog::EM_LEVELS.contains(&p.code) || p.code == "99214");
         }
         let main = options[self.rng.random_range(0..options.len())];
         self.build_claim(member, provider, date, main)

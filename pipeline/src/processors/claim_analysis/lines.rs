@@ -6,9 +6,10 @@
 //!   (`LINES_SUM_MISMATCH`). So the analysis after a claim's last line is the complete one;
 //!   those before it may show a mismatch that the later lines resolve.
 //! - Judged once, when a line arrives, against history kept in state: the line's charge
-//!   against the same procedure's charges (`PROCEDURE_AMOUNT_OUTLIER`), and for
-//!   evaluation-and-management lines the provider's share of the two highest levels
-//!   against its peers' (`UPCODING`).
+//!   against the same procedure's charges (`PROCEDURE_AMOUNT_OUTLIER`), and for a line at
+//!   the top evaluation-and-management level, the provider's share of the two highest
+//!   levels against its peers' (`UPCODING`: the provider's mix drifted up, and this line
+//!   is where it shows most).
 //!
 //! History is per partition: a procedure's or a provider's lines are spread over the
 //! partitions (claims are partitioned by member), so each partition holds an unbiased
@@ -105,7 +106,7 @@ pub(super) fn judge(
     ctx.put(EM_MIX, &provider_key, encode_state(&own));
     ctx.put(EM_MIX, PEERS, encode_state(&peers));
     let drift = own.high_share() - peers.high_share();
-    if level >= 3
+    if level == rules::EM_LEVELS.len() - 1
         && own.total() >= rules::MIN_EM_LINES
         && drift > config.upcoding_drift
         && !reasons.iter().any(|r| r.code == "UPCODING")

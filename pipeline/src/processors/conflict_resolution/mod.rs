@@ -3,6 +3,8 @@
 mod config;
 pub mod merge;
 mod processor;
+#[cfg(test)]
+mod tests;
 
 pub use config::{ConflictConfig, FieldGroup, Policy, TablePolicy};
 pub use processor::ConflictResolution;

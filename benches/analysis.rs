@@ -1,0 +1,164 @@
+//! Claim analysis on RocksDB state: claims/s per core, each claim a header and two lines
+//! (validation, classification, duplicate, velocity, amount, procedure and upcoding
+//! features), batches of 1,000 claims committed with one `WriteBatch`, no Kafka.
+//!
+//! cargo bench --bench analysis
+//! Goal (issue 7): ≥ 100k claims/s.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use apache_avro::types::Value;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use strata_pipeline::processors::claim_analysis::{ClaimAnalysis, ClaimAnalysisConfig};
+use strata_pipeline::runtime::harness::{store_names, Harness};
+use strata_pipeline::runtime::Event;
+use strata_pipeline::state::RocksStore;
+
+const CLAIMS_PER_BATCH: usize = 1000;
+const MEMBERS: i64 = 20_000;
+const DAY: i32 = 20_400;
+const NOW_MS: i64 = (DAY as i64 + 10) * 86_400_000;
+
+/// A snapshot-read change of `public.<table>`.
+fn change(table: &str, position: u64, row: Vec<(&str, Value)>) -> Value {
+    Value::Record(vec![
+        (
+            "after".into(),
+            Value::Record(row.into_iter().map(|(k, v)| (k.into(), v)).collect()),
+        ),
+        (
+            "source".into(),
+            Value::Record(vec![
+                ("schema".into(), Value::String("public".into())),
+                ("table".into(), Value::String(table.into())),
+                (
+                    "position".into(),
+                    Value::String(format!("{position:016x}-00000000")),
+                ),
+                ("ts_ms".into(), Value::Long(NOW_MS)),
+            ]),
+        ),
+        ("op".into(), Value::String("r".into())),
+    ])
+}
+
+/// Claim `id` with its two lines: (key, value) per event.
+fn claim_events(id: i64) -> Vec<(Value, Value)> {
+    let member = id * 7919 % MEMBERS;
+    let provider = id % 400;
+    let level = ["99212", "99213", "99213", "99214", "99215"][id as usize % 5];
+    let position = id as u64 * 4;
+    let key = Value::Long(id);
+    let mut events = vec![(
+        key.clone(),
+        change(
+            "claims",
+            position,
+            vec![
+                ("claim_id", Value::Long(id)),
+                ("member_id", Value::Long(member)),
+                ("provider_id", Value::Long(provider)),
+                ("claim_type", Value::String("PROFESSIONAL".into())),
+                ("form_type", Value::String("CMS1500".into())),
+                ("service_date_from", Value::Date(DAY - (id % 300) as i32)),
+                ("service_date_to", Value::Date(DAY - (id % 300) as i32)),
+                ("submitted_date", Value::Date(DAY)),
+                ("billed_amount", Value::Double(160.0 + (id % 13) as f64)),
+                (
+                    "diagnosis_codes",
+                    Value::Array(vec![Value::String("J06.9".into())]),
+                ),
+            ],
+        ),
+    )];
+    for (n, (code, charge)) in [(level, 125.0), ("80053", 35.0 + (id % 13) as f64)]
+        .into_iter()
+        .enumerate()
+    {
+        events.push((
+            key.clone(),
+            change(
+                "claim_lines",
+                position + 1 + n as u64,
+                vec![
+                    ("claim_id", Value::Long(id)),
+                    ("line_number", Value::Int(n as i32 + 1)),
+                    ("procedure_code", Value::String(code.into())),
+                    ("charge_amount", Value::Double(charge)),
+                ],
+            ),
+        ));
+    }
+    events
+}
+
+fn event<'a>(key: &'a Value, value: &'a Value, offset: i64) -> Event<'a> {
+    Event {
+        topic: "assembly",
+        partition: 0,
+        offset,
+        timestamp_ms: NOW_MS,
+        key: Some(key),
+        key_schema_id: Some(1),
+        value: Some(value),
+        value_schema_id: Some(2),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let config: ClaimAnalysisConfig = serde_yaml_ng::from_str("{}").unwrap();
+    let analysis = ClaimAnalysis::new(config);
+    let dir = tempfile::tempdir().unwrap();
+    let store = RocksStore::open(dir.path(), &store_names(&analysis), 64 << 20).unwrap();
+    let mut harness = Harness::with_store(analysis, Box::new(store));
+    // Every member covered.
+    let policies: Vec<(Value, Value)> = (0..MEMBERS)
+        .map(|m| {
+            (
+                Value::Long(m),
+                change(
+                    "policies",
+                    m as u64,
+                    vec![
+                        ("policy_id", Value::Long(m)),
+                        ("member_id", Value::Long(m)),
+                        ("coverage_start", Value::Date(DAY - 1000)),
+                    ],
+                ),
+            )
+        })
+        .collect();
+    for chunk in policies.chunks(1000) {
+        let events: Vec<Event<'_>> = chunk.iter().map(|(k, v)| event(k, v, 0)).collect();
+        harness.feed_batch(&events).unwrap();
+    }
+
+    let mut next_claim = 1_000_000i64;
+    let mut group = c.benchmark_group("claim_analysis");
+    group.throughput(Throughput::Elements(CLAIMS_PER_BATCH as u64));
+    group.bench_function("claims_with_two_lines_rocksdb_batch_of_1000", |b| {
+        b.iter_batched(
+            || {
+                let events: Vec<(Value, Value)> = (0..CLAIMS_PER_BATCH as i64)
+                    .flat_map(|i| claim_events(next_claim + i))
+                    .collect();
+                next_claim += CLAIMS_PER_BATCH as i64;
+                events
+            },
+            |events| {
+                let batch: Vec<Event<'_>> = events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, v))| event(k, v, i as i64))
+                    .collect();
+                harness.feed_batch(&batch).unwrap()
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
