@@ -314,7 +314,9 @@ async fn raw_producer(kafka: &KafkaSettings, records: u64, bytes: usize, run: &s
 
 #[tokio::main]
 async fn main() {
-    strata_pipeline::ops::logging::init(strata_pipeline::ops::logging::LogFormat::Text);
+    if std::env::var_os("RUST_LOG").is_some() {
+        strata_pipeline::ops::logging::init(strata_pipeline::ops::logging::LogFormat::Text);
+    }
     let smoke = !std::env::args().any(|a| a == "--bench");
     let changes: u64 = if smoke {
         2_000

@@ -81,7 +81,7 @@ async fn recall_and_precision_per_anomaly_kind() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let now_ms = 1_764_072_000_000; // 2026-11-25T12:00Z, the generator's today
+    let now_ms = 1_795_608_000_000; // 2026-11-25T12:00Z, the generator's today
 
     let mut harness = Harness::new(ClaimAnalysis::new(
         serde_yaml_ng::from_str::<ClaimAnalysisConfig>("{}").unwrap(),

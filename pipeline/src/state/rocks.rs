@@ -20,6 +20,10 @@ impl RocksStore {
         let cache = Cache::new_lru_cache(cache_bytes);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
+        // Most reads of the processors are point lookups, many of absent keys (a claim
+        // not seen before): once state outgrows the memtable, bloom filters answer those
+        // without reading blocks.
+        table.set_bloom_filter(10.0, false);
         let mut cf_options = Options::default();
         cf_options.set_block_based_table_factory(&table);
         cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
