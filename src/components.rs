@@ -66,10 +66,16 @@ impl Starter for Components {
                 Ok(c) => Box::new(processors::claim_assembly::ClaimAssembly::new(c)),
                 Err(e) => return Some(settings_error(e)),
             },
-            "tiering" => match parse_settings(&component.settings) {
-                Ok(c) => Box::new(processors::tiering::Tiering::new(c)),
-                Err(e) => return Some(settings_error(e)),
-            },
+            "tiering" => {
+                match parse_settings(&component.settings).map(processors::tiering::Tiering::new) {
+                    Ok(Ok(tiering)) => Box::new(tiering),
+                    Ok(Err(key)) => {
+                        let message = format!("component `{}`: {key}", component.name);
+                        return Some(Box::pin(async move { Err(message) }));
+                    }
+                    Err(e) => return Some(settings_error(e)),
+                }
+            }
             _ => return self.start_connector(topology, component, metrics, shutdown),
         };
         let spec = processor_spec(topology, component, self);

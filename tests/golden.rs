@@ -257,7 +257,11 @@ fn golden_files() {
         let checked = match case.processor.as_str() {
             "claim_analysis" => run(&file, ClaimAnalysis::new(settings(&case)), &case.events),
             "claim_assembly" => run(&file, ClaimAssembly::new(settings(&case)), &case.events),
-            "tiering" => run(&file, Tiering::new(settings(&case)), &case.events),
+            "tiering" => run(
+                &file,
+                Tiering::new(settings(&case)).expect("the PII key reads"),
+                &case.events,
+            ),
             "conflict_resolution" => run(
                 &file,
                 ConflictResolution::new(settings(&case), "us-east"),

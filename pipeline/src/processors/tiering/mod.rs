@@ -1,6 +1,7 @@
 //! Tiering: routes claims to the hot, warm or cold tier by age at event time.
 
 mod config;
+pub mod pii;
 mod processor;
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use apache_avro::types::Value;
 use serde::{Deserialize, Serialize};
 
-use super::config::{PiiMode, TieringConfig};
+use super::config::TieringConfig;
+use super::pii::{PiiKeyError, Protection};
 use crate::avro::schemas::TIER_MOVE;
 use crate::domain::Domain;
 use crate::processors::change::{decode_state, encode_state, rewrite, Cell, Change, Row};
@@ -69,15 +70,18 @@ pub struct Tiering {
     config: TieringConfig,
     domain: &'static Domain,
     move_schema: Arc<str>,
+    protection: Protection,
 }
 
 impl Tiering {
-    pub fn new(config: TieringConfig) -> Self {
-        Self {
+    /// Fails when the PII key the settings name cannot be read.
+    pub fn new(config: TieringConfig) -> Result<Self, PiiKeyError> {
+        Ok(Self {
+            protection: Protection::from_policy(&config.pii)?,
             config,
             domain: Domain::claims(),
             move_schema: TIER_MOVE.into(),
-        }
+        })
     }
 
     fn hot_ms(&self) -> i64 {
@@ -108,9 +112,10 @@ impl Tiering {
         }
     }
 
-    /// `envelope` as it may leave for `tier`: sensitive columns removed from cloud tiers.
+    /// `envelope` as it may leave for `tier`: sensitive columns protected on their way
+    /// to a cloud tier (see [`super::pii`]), kept on premise (cold).
     fn for_tier(&self, table: &str, envelope: &Value, tier: Tier) -> Value {
-        if tier == Tier::Cold || self.config.pii.mode != PiiMode::Drop {
+        if tier == Tier::Cold {
             return envelope.clone();
         }
         let Some(facts) = self.domain.table(table) else {
@@ -119,6 +124,12 @@ impl Tiering {
         if facts.sensitive.is_empty() {
             return envelope.clone();
         }
+        let position = match crate::runtime::processor::record_field(envelope, "source")
+            .and_then(|s| crate::runtime::processor::record_field(s, "position"))
+        {
+            Some(Value::String(p)) => p.clone(),
+            _ => String::new(),
+        };
         let scrub = |row: Option<&Value>| -> Option<Value> {
             let Some(Value::Union(_, inner)) = row else {
                 return None;
@@ -131,7 +142,7 @@ impl Tiering {
                     .iter()
                     .map(|(n, v)| {
                         let v = if facts.sensitive.contains(n) {
-                            Value::Union(0, Box::new(Value::Null))
+                            self.protection.protect(v, &position, n)
                         } else {
                             v.clone()
                         };

@@ -57,9 +57,7 @@ fn ports(outputs: &[Output]) -> Vec<String> {
 }
 
 fn harness() -> Harness<Tiering> {
-    Harness::new(Tiering::new(
-        serde_yaml_ng::from_str::<TieringConfig>("{}").unwrap(),
-    ))
+    Harness::new(Tiering::new(serde_yaml_ng::from_str::<TieringConfig>("{}").unwrap()).unwrap())
 }
 
 #[test]
@@ -152,5 +150,124 @@ fn a_claim_moves_on_when_the_watermark_passes_its_boundary() {
     assert_eq!(
         feed(&mut again, 3, &claim(3, 3, NOW + 11 * DAY_MS, 20_011), 3),
         out
+    );
+}
+
+/// A member row through tiering with `mode`; returns (hot output's after, cold's after).
+fn member_through(mode: &str, key_file: &std::path::Path, position: u64) -> (Value, Value) {
+    let config: TieringConfig = serde_yaml_ng::from_str(&format!(
+        "{{pii: {{mode: {mode}, key_id: k1, key_file: '{}'}}}}",
+        key_file.display()
+    ))
+    .unwrap();
+    assert!(config.check().is_empty(), "{:?}", config.check());
+    let mut h = Harness::new(Tiering::new(config).expect("the key reads"));
+    let member = envelope(
+        "members",
+        position,
+        NOW,
+        vec![
+            ("member_id", Value::Long(9)),
+            (
+                "ssn",
+                Value::Union(1, Box::new(Value::String("123-45-6789".into()))),
+            ),
+            (
+                "date_of_birth",
+                Value::Union(1, Box::new(Value::Date(3000))),
+            ),
+        ],
+    );
+    let out = feed(&mut h, 9, &member, position as i64);
+    let after = |o: &Output| {
+        record_field(o.value.as_ref().unwrap(), "after")
+            .unwrap()
+            .clone()
+    };
+    (after(&out[0]), after(&out[2]))
+}
+
+fn text_of(row: &Value, column: &str) -> Option<String> {
+    match record_field(row, column) {
+        Some(Value::Union(_, inner)) => match &**inner {
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[test]
+fn pii_is_encrypted_or_tokenised_for_the_cloud_and_kept_on_premise() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("pii.key");
+    let key = [7u8; 32];
+    std::fs::write(&key_file, hex::encode(key)).unwrap();
+
+    let (hot, cold) = member_through("encrypt", &key_file, 5);
+    let sealed = text_of(&hot, "ssn").expect("a text");
+    assert!(sealed.starts_with("enc:k1:"), "{sealed}");
+    assert!(!sealed.contains("123-45-6789"));
+    assert_eq!(
+        super::pii::decrypt(&sealed, &key).as_deref(),
+        Some("123-45-6789"),
+        "the key decrypts it"
+    );
+    assert_eq!(
+        super::pii::decrypt(&sealed, &[8u8; 32]),
+        None,
+        "another key does not"
+    );
+    assert_eq!(
+        record_field(&hot, "date_of_birth"),
+        Some(&Value::Union(0, Box::new(Value::Null))),
+        "a date cannot carry ciphertext: dropped"
+    );
+    assert_eq!(text_of(&cold, "ssn").as_deref(), Some("123-45-6789"));
+    let (again, _) = member_through("encrypt", &key_file, 5);
+    assert_eq!(
+        text_of(&again, "ssn"),
+        Some(sealed),
+        "a replay writes the same bytes"
+    );
+
+    let (first, _) = member_through("tokenize", &key_file, 6);
+    let (second, _) = member_through("tokenize", &key_file, 7);
+    let token = text_of(&first, "ssn").expect("a token");
+    assert!(
+        token.starts_with("tok:") && !token.contains("6789"),
+        "{token}"
+    );
+    assert_eq!(
+        text_of(&second, "ssn"),
+        Some(token),
+        "equal values, equal tokens"
+    );
+}
+
+#[test]
+fn a_missing_or_short_key_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, b"too short").unwrap();
+    let config = |path: &std::path::Path| -> TieringConfig {
+        serde_yaml_ng::from_str(&format!(
+            "{{pii: {{mode: encrypt, key_id: k1, key_file: '{}'}}}}",
+            path.display()
+        ))
+        .unwrap()
+    };
+    let err = Tiering::new(config(&short))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("32-byte key"), "{err}");
+    let err = Tiering::new(config(&dir.path().join("absent")))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("absent") && err.contains("32 random bytes"),
+        "{err}"
     );
 }
