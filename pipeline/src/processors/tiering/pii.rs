@@ -42,7 +42,7 @@ pub enum Protection {
     Tokenize(hmac::Key),
     Encrypt {
         key_id: String,
-        aead: aead::LessSafeKey,
+        aead: Box<aead::LessSafeKey>,
         nonces: hmac::Key,
     },
 }
@@ -83,7 +83,7 @@ impl Protection {
                     .expect("a 32-byte key fits AES-256-GCM");
                 Protection::Encrypt {
                     key_id,
-                    aead: aead::LessSafeKey::new(unbound),
+                    aead: Box::new(aead::LessSafeKey::new(unbound)),
                     nonces: hmac::Key::new(hmac::HMAC_SHA256, &key),
                 }
             }
