@@ -15,7 +15,10 @@ pub struct ClaimAnalysisConfig {
     /// Claims per member within `velocity_window` above which velocity is a reason.
     #[serde(default = "default_member_velocity")]
     pub member_velocity_limit: u32,
-    /// Claims per provider within `velocity_window` above which velocity is a reason.
+    /// Claims per provider within `velocity_window` above which velocity is a reason,
+    /// counted per partition: claims are partitioned by member, so each partition sees
+    /// its share of a provider's claims (with 4 partitions, set a quarter of the rate
+    /// you mean).
     #[serde(default = "default_provider_velocity")]
     pub provider_velocity_limit: u32,
     /// z-score of ln(amount) against the provider's running history above which an amount
@@ -26,6 +29,10 @@ pub struct ClaimAnalysisConfig {
     /// before its high-level lines are flagged as upcoding (0.25 = 25 points).
     #[serde(default = "default_upcoding_drift")]
     pub upcoding_drift: f64,
+    /// How long (in event time) a claim waits for its member's first policy before it is
+    /// analysed without one (and so flagged `COVERAGE_INACTIVE`).
+    #[serde(default = "default_coverage_wait")]
+    pub coverage_wait: Duration,
     #[serde(default)]
     pub thresholds: RoutingThresholds,
 }
@@ -59,6 +66,9 @@ fn default_member_velocity() -> u32 {
 }
 fn default_provider_velocity() -> u32 {
     200
+}
+fn default_coverage_wait() -> Duration {
+    Duration(std::time::Duration::from_secs(86_400))
 }
 fn default_upcoding_drift() -> f64 {
     0.25

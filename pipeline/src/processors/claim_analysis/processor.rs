@@ -20,7 +20,9 @@ use super::lines::{self, Line, EM_MIX, PROCEDURE_AMOUNTS};
 use super::rules::{self, reason, AmountStats, Reason};
 use crate::avro::schemas::CLAIM_ANALYSIS;
 use crate::processors::change::{column, decode_state, encode_state, number, Cell, Change, Row};
-use crate::runtime::{Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection};
+use crate::runtime::{
+    Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection, Timer,
+};
 
 const POLICIES: &str = "policies";
 const CLAIMS: &str = "claims";
@@ -28,6 +30,8 @@ const EXACT: &str = "exact";
 const RECENT: &str = "recent";
 const MEMBER_DAYS: &str = "member_days";
 const AMOUNTS: &str = "amounts";
+/// Per provider: claims by service day, within the velocity window of the latest day.
+const PROVIDER_DAYS: &str = "provider_days";
 /// Claims waiting for their member's first policy.
 const WAITING: &str = "waiting";
 
@@ -123,6 +127,10 @@ impl ClaimAnalysis {
             config,
             schema: CLAIM_ANALYSIS.into(),
         }
+    }
+
+    fn coverage_wait_ms(&self) -> i64 {
+        self.config.coverage_wait.0.as_millis() as i64
     }
 
     fn days(&self, d: &crate::topology::units::Duration) -> i32 {
@@ -396,6 +404,34 @@ impl ClaimAnalysis {
             lines::judge(&self.config, claim.provider, line, &mut reasons, ctx)?;
         }
         lines::derive(&mut reasons, &claim.lines, claim.billed);
+        // Provider velocity (this partition's share of the provider's claims).
+        let velocity_days = self.days(&self.config.velocity_window);
+        let provider_key = claim.provider.to_be_bytes();
+        let mut days: Vec<(i32, u32)> = ctx
+            .get(PROVIDER_DAYS, &provider_key)?
+            .and_then(|b| decode_state(&b))
+            .unwrap_or_default();
+        match days.iter_mut().find(|(d, _)| *d == claim.from) {
+            Some((_, n)) => *n += 1,
+            None => days.push((claim.from, 1)),
+        }
+        let latest = days.iter().map(|(d, _)| *d).max().unwrap_or(claim.from);
+        days.retain(|(d, _)| latest - d < velocity_days.max(1) * 2);
+        let near: u32 = days
+            .iter()
+            .filter(|(d, _)| (d - claim.from).abs() < velocity_days)
+            .map(|(_, n)| n)
+            .sum();
+        ctx.put(PROVIDER_DAYS, &provider_key, encode_state(&days));
+        if near > self.config.provider_velocity_limit {
+            reasons.push(reason(
+                "VELOCITY_PROVIDER",
+                format!(
+                    "{near} claims of the provider within {velocity_days} day(s) in this partition"
+                ),
+            ));
+        }
+
         claim.reasons = reasons;
         ctx.put(CLAIMS, &claim.claim_id.to_be_bytes(), encode_state(&claim));
         self.emit(
@@ -407,7 +443,6 @@ impl ClaimAnalysis {
         // Member velocity: more than the limit within the window flags the whole burst.
         // Claims are indexed by (member, service day), so claims arriving out of date
         // order are counted against the right days.
-        let velocity_days = self.days(&self.config.velocity_window);
         let mut day_key = claim.member.to_be_bytes().to_vec();
         day_key.extend_from_slice(&((claim.from as u32) ^ (1 << 31)).to_be_bytes());
         let mut ids: Vec<i64> = ctx
@@ -541,6 +576,7 @@ impl Processor for ClaimAnalysis {
             WAITING,
             PROCEDURE_AMOUNTS,
             EM_MIX,
+            PROVIDER_DAYS,
         ]
     }
 
@@ -565,6 +601,8 @@ impl Processor for ClaimAnalysis {
                             .and_then(|b| decode_state(&b))
                             .unwrap_or_default();
                         if !waiting.iter().any(|c| c.claim_id == claim.claim_id) {
+                            // If no policy comes, the claim is analysed without one.
+                            ctx.set_timer(claim.event_time_ms + self.coverage_wait_ms(), &key);
                             waiting.push(claim);
                         }
                         ctx.put(WAITING, &key, encode_state(&waiting));
@@ -575,5 +613,29 @@ impl Processor for ClaimAnalysis {
             Some("claim_lines") => self.line(&change, ctx),
             _ => Ok(()),
         }
+    }
+
+    /// A member's claims waited `coverage_wait` for a policy that never came: they are
+    /// analysed without one. Claims that started waiting later keep their own timers.
+    fn on_timer(&mut self, timer: &Timer, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let Some(waiting) = ctx
+            .get(WAITING, &timer.name)?
+            .and_then(|b| decode_state::<Vec<Claim>>(&b))
+        else {
+            return Ok(());
+        };
+        let wait = self.coverage_wait_ms();
+        let (due, still): (Vec<Claim>, Vec<Claim>) = waiting
+            .into_iter()
+            .partition(|c| c.event_time_ms + wait <= timer.due_ms);
+        if still.is_empty() {
+            ctx.delete(WAITING, &timer.name);
+        } else {
+            ctx.put(WAITING, &timer.name, encode_state(&still));
+        }
+        for claim in due {
+            self.analyse(claim, &[], ctx)?;
+        }
+        Ok(())
     }
 }

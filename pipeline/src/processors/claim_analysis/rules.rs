@@ -134,6 +134,7 @@ pub fn weight(code: &str) -> f64 {
         "DUPLICATE_EXACT" => 0.9,
         "COVERAGE_INACTIVE" => 0.8,
         "VELOCITY_MEMBER" => 0.5,
+        "VELOCITY_PROVIDER" => 0.3,
         "DUPLICATE_NEAR" => 0.45,
         "AMOUNT_OUTLIER" | "PROCEDURE_AMOUNT_OUTLIER" | "UPCODING" => 0.45,
         "LINES_SUM_MISMATCH" => 0.3,

@@ -208,3 +208,30 @@ fn a_line_of_a_claim_never_seen_is_rejected() {
     let err = f.feed(line).unwrap_err();
     assert!(err.to_string().contains("claim_assembly"), "{err}");
 }
+
+#[test]
+fn a_provider_over_its_daily_limit_is_flagged_from_the_claim_that_passes_it() {
+    let config: ClaimAnalysisConfig =
+        serde_yaml_ng::from_str("{provider_velocity_limit: 3}").unwrap();
+    let mut f = Feeder::new();
+    f.h = Harness::new(ClaimAnalysis::new(config));
+    for member in 1..=10 {
+        f.row(
+            "policies",
+            vec![
+                ("policy_id", Value::Long(member)),
+                ("member_id", Value::Long(member)),
+                ("coverage_start", Value::Date(DAY - 365)),
+            ],
+        );
+    }
+    let mut flagged = Vec::new();
+    for id in 1..=5 {
+        // Same service day (ids spaced by 200 keep `DAY - id % 200` equal), other members.
+        let claim_id = id * 200;
+        f.claim(claim_id, id, 77, 100.0 + id as f64);
+        let codes = f.line(claim_id, 1, "99213", 100.0 + id as f64);
+        flagged.push(codes.contains(&"VELOCITY_PROVIDER".to_string()));
+    }
+    assert_eq!(flagged, [false, false, false, true, true]);
+}
