@@ -11,6 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use apache_avro::types::Value;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use strata_pipeline::processors::claim_analysis::{ClaimAnalysis, ClaimAnalysisConfig};
+use strata_pipeline::processors::testing;
 use strata_pipeline::runtime::harness::{store_names, Harness};
 use strata_pipeline::runtime::Event;
 use strata_pipeline::state::RocksStore;
@@ -22,25 +23,7 @@ const NOW_MS: i64 = (DAY as i64 + 10) * 86_400_000;
 
 /// A snapshot-read change of `public.<table>`.
 fn change(table: &str, position: u64, row: Vec<(&str, Value)>) -> Value {
-    Value::Record(vec![
-        (
-            "after".into(),
-            Value::Record(row.into_iter().map(|(k, v)| (k.into(), v)).collect()),
-        ),
-        (
-            "source".into(),
-            Value::Record(vec![
-                ("schema".into(), Value::String("public".into())),
-                ("table".into(), Value::String(table.into())),
-                (
-                    "position".into(),
-                    Value::String(format!("{position:016x}-00000000")),
-                ),
-                ("ts_ms".into(), Value::Long(NOW_MS)),
-            ]),
-        ),
-        ("op".into(), Value::String("r".into())),
-    ])
+    testing::change(table, "r", position, NOW_MS, None, Some(row))
 }
 
 /// Claim `id` with its two lines: (key, value) per event.

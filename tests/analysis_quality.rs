@@ -10,6 +10,7 @@ use std::process::Command;
 
 use apache_avro::types::Value;
 use strata_pipeline::processors::claim_analysis::{ClaimAnalysis, ClaimAnalysisConfig};
+use strata_pipeline::processors::testing;
 use strata_pipeline::runtime::harness::Harness;
 use strata_pipeline::runtime::processor::record_field;
 use strata_pipeline::runtime::Event;
@@ -36,28 +37,6 @@ fn decimal_from_text(text: &str) -> Value {
         .take_while(|(b, next)| **b == 0 && **next & 0x80 == 0)
         .count();
     Value::Decimal(apache_avro::Decimal::from(bytes[skip..].to_vec()))
-}
-
-fn envelope(table: &str, position: usize, ts_ms: i64, row: Vec<(&str, Value)>) -> Value {
-    Value::Record(vec![
-        (
-            "after".into(),
-            Value::Record(row.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
-        ),
-        (
-            "source".into(),
-            Value::Record(vec![
-                ("schema".into(), Value::String("public".into())),
-                ("table".into(), Value::String(table.into())),
-                (
-                    "position".into(),
-                    Value::String(format!("{position:016x}-00000000")),
-                ),
-                ("ts_ms".into(), Value::Long(ts_ms)),
-            ]),
-        ),
-        ("op".into(), Value::String("r".into())),
-    ])
 }
 
 fn days(d: chrono::NaiveDate) -> Value {
@@ -89,7 +68,7 @@ async fn recall_and_precision_per_anomaly_kind() {
     let mut position = 0;
     let mut feed = |h: &mut Harness<ClaimAnalysis>, table: &str, row: Vec<(&str, Value)>| {
         position += 1;
-        let value = envelope(table, position, now_ms, row);
+        let value = testing::change(table, "r", position as u64, now_ms, None, Some(row));
         let key = Value::Long(position as i64);
         let event = Event {
             topic: "t",

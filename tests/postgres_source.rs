@@ -17,7 +17,7 @@ use strata_connectors::postgres::source::{self, SourceContext, SourceError};
 use strata_connectors::postgres::PostgresSourceConfig;
 use strata_pipeline::avro::Codec;
 use strata_pipeline::ops::shutdown::CancellationToken;
-use strata_pipeline::topology::{KafkaSettings, RegistrySettings};
+use strata_pipeline::topology::KafkaSettings;
 
 /// A database with the given tables, a schema registry and a source reading them.
 struct Fixture {
@@ -41,14 +41,7 @@ async fn fixture(name: &str, setup_sql: &str, tables: &str) -> Fixture {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let registry = support::start_registry(dir.path()).await;
-    let settings = RegistrySettings {
-        url: registry.url.clone(),
-        username: None,
-        password: None,
-        ca_file: None,
-        allow_incompatible: false,
-    };
-    let codec = Arc::new(Codec::new(&settings).unwrap());
+    let codec = Arc::new(support::codec(&registry.url));
     let kafka: KafkaSettings = serde_yaml_ng::from_str(&format!(
         "{{bootstrap_servers: '{}'}}",
         support::kafka_brokers()

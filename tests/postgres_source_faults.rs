@@ -28,8 +28,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sqlx::{Connection, Executor, PgConnection};
 use strata_connectors::postgres::snapshot_state::{Progress, SnapshotState};
-use strata_pipeline::avro::Codec;
-use strata_pipeline::topology::{KafkaSettings, RegistrySettings};
+use strata_pipeline::topology::KafkaSettings;
 
 /// Restarting shared services: one scenario at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -463,14 +462,7 @@ async fn run_scenario(s: Scenario) {
         .into_iter()
         .collect();
 
-    let codec = Codec::new(&RegistrySettings {
-        url: registry.url.clone(),
-        username: None,
-        password: None,
-        ca_file: None,
-        allow_incompatible: false,
-    })
-    .unwrap();
+    let codec = support::codec(&registry.url);
     let topic_for_read = topic.clone();
     let records = tokio::task::spawn_blocking(move || read_topic(&topic_for_read))
         .await

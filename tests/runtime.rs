@@ -23,7 +23,7 @@ use strata_pipeline::runtime::{
     run_processor, Context, Event, Output, OutputSchema, ProcessError, Processor, ProcessorEnv,
     ProcessorSpec, Rejection, Timer,
 };
-use strata_pipeline::topology::{KafkaSettings, RegistrySettings};
+use strata_pipeline::topology::KafkaSettings;
 use support::{kafka_brokers, start_registry, unique};
 
 const KEY: &str = r#"{"type":"string"}"#;
@@ -136,16 +136,7 @@ impl Fixture {
             tls_ca_file: None,
             properties: Default::default(),
         };
-        let codec = Arc::new(
-            Codec::new(&RegistrySettings {
-                url: registry_url.into(),
-                username: None,
-                password: None,
-                ca_file: None,
-                allow_incompatible: false,
-            })
-            .expect("codec"),
-        );
+        let codec = Arc::new(support::codec(registry_url));
         let f = Fixture {
             input: format!("{name}.in"),
             output: format!("{name}.out"),

@@ -22,7 +22,7 @@ use strata_pipeline::avro::types::{Column, ColumnType};
 use strata_pipeline::avro::Codec;
 use strata_pipeline::kafka::{client_config, ensure_topics, TopicSpec};
 use strata_pipeline::runtime::processor::partition_for;
-use strata_pipeline::topology::{KafkaSettings, RegistrySettings};
+use strata_pipeline::topology::KafkaSettings;
 
 const EVENTS: usize = 100_000;
 const KEYS: i64 = 5_000;
@@ -244,14 +244,7 @@ async fn run_until(
 async fn killed_restarted_and_rebalanced_runs_give_the_fault_free_output() {
     let dir = tempfile::tempdir().unwrap();
     let registry = support::start_registry(&dir.path().join("registry")).await;
-    let codec = Codec::new(&RegistrySettings {
-        url: registry.url.clone(),
-        username: None,
-        password: None,
-        ca_file: None,
-        allow_incompatible: false,
-    })
-    .unwrap();
+    let codec = support::codec(&registry.url);
     let name = support::unique("faults");
     let input = format!("{name}.in");
     ensure_topics(

@@ -75,6 +75,18 @@ pub async fn start_registry(dir: &Path) -> Registry {
     Registry { url, stop, task }
 }
 
+/// A codec talking to the registry at `url`, no credentials.
+pub fn codec(url: &str) -> strata_pipeline::avro::Codec {
+    strata_pipeline::avro::Codec::new(&strata_pipeline::topology::RegistrySettings {
+        url: url.into(),
+        username: None,
+        password: None,
+        ca_file: None,
+        allow_incompatible: false,
+    })
+    .expect("a codec for the test registry")
+}
+
 impl Registry {
     pub async fn shutdown(self) {
         self.stop.cancel();

@@ -4,6 +4,5 @@ pub mod change;
 pub mod claim_analysis;
 pub mod claim_assembly;
 pub mod conflict_resolution;
-#[cfg(test)]
 pub mod testing;
 pub mod tiering;

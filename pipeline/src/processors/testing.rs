@@ -1,4 +1,5 @@
-//! Builders for processor tests: change envelopes in the shape the sources write.
+//! Builders for processor tests and benches: change envelopes in the shape the sources
+//! write.
 
 use apache_avro::types::Value;
 

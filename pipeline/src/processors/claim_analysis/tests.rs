@@ -18,7 +18,11 @@ struct Feeder {
 
 impl Feeder {
     fn new() -> Self {
-        let config: ClaimAnalysisConfig = serde_yaml_ng::from_str("{}").unwrap();
+        Self::with(serde_yaml_ng::from_str("{}").unwrap())
+    }
+
+    /// A harness with `config`, members 1 to 50 covered.
+    fn with(config: ClaimAnalysisConfig) -> Self {
         assert!(config.check().is_empty());
         let mut f = Self {
             h: Harness::new(ClaimAnalysis::new(config)),
@@ -211,20 +215,7 @@ fn a_line_of_a_claim_never_seen_is_rejected() {
 
 #[test]
 fn a_provider_over_its_daily_limit_is_flagged_from_the_claim_that_passes_it() {
-    let config: ClaimAnalysisConfig =
-        serde_yaml_ng::from_str("{provider_velocity_limit: 3}").unwrap();
-    let mut f = Feeder::new();
-    f.h = Harness::new(ClaimAnalysis::new(config));
-    for member in 1..=10 {
-        f.row(
-            "policies",
-            vec![
-                ("policy_id", Value::Long(member)),
-                ("member_id", Value::Long(member)),
-                ("coverage_start", Value::Date(DAY - 365)),
-            ],
-        );
-    }
+    let mut f = Feeder::with(serde_yaml_ng::from_str("{provider_velocity_limit: 3}").unwrap());
     let mut flagged = Vec::new();
     for id in 1..=5 {
         // Same service day (ids spaced by 200 keep `DAY - id % 200` equal), other members.
