@@ -25,6 +25,10 @@ pub struct ClaimAnalysisConfig {
     /// is an outlier.
     #[serde(default = "default_outlier_z")]
     pub outlier_z: f64,
+    /// z-score of ln(line charge) against the same procedure's history above which a line
+    /// is an outlier (procedures' charges vary less than providers', so the bar is higher).
+    #[serde(default = "default_procedure_outlier_z")]
+    pub procedure_outlier_z: f64,
     /// How far a provider's share of the two highest E&M levels may exceed its peers'
     /// before its high-level lines are flagged as upcoding (0.25 = 25 points).
     #[serde(default = "default_upcoding_drift")]
@@ -73,6 +77,9 @@ fn default_coverage_wait() -> Duration {
 fn default_upcoding_drift() -> f64 {
     0.25
 }
+fn default_procedure_outlier_z() -> f64 {
+    4.0
+}
 fn default_outlier_z() -> f64 {
     3.0
 }
@@ -93,11 +100,11 @@ impl ClaimAnalysisConfig {
                 hint: Some("e.g. review: 0.3, investigate: 0.7".into()),
             });
         }
-        if self.outlier_z <= 0.0 {
+        if self.outlier_z <= 0.0 || self.procedure_outlier_z <= 0.0 {
             errors.push(SettingsError {
                 kind: DiagnosticKind::InvalidValue,
                 path: "outlier_z".into(),
-                message: "outlier_z must be positive".into(),
+                message: "outlier_z and procedure_outlier_z must be positive".into(),
                 hint: Some("3.5 to 5 are usual".into()),
             });
         }

@@ -77,7 +77,9 @@ pub(super) fn judge(
         .and_then(|b| decode_state(&b))
         .unwrap_or_default();
     if let Some(z) = stats.z(line.charge) {
-        if z > config.outlier_z && !reasons.iter().any(|r| r.code == "PROCEDURE_AMOUNT_OUTLIER") {
+        if z > config.procedure_outlier_z
+            && !reasons.iter().any(|r| r.code == "PROCEDURE_AMOUNT_OUTLIER")
+        {
             reasons.push(reason(
                 "PROCEDURE_AMOUNT_OUTLIER",
                 format!(
