@@ -1,7 +1,8 @@
 //! Claim analysis against the generator's planted anomalies: precision and recall per
 //! anomaly kind, computed from the labels the generator writes next to its claims.
 //! Prints a table; requires recall ≥ 0.9 for exact duplicates, coverage violations and
-//! velocity bursts.
+//! velocity bursts (the bar), and holds the other kinds to what they reach now
+//! (recall and precision ≥ 0.9), so a change that loses them shows.
 
 mod support;
 
@@ -234,9 +235,10 @@ async fn recall_and_precision_per_anomaly_kind() {
             labelled.len(),
             flagged.len()
         );
-        recall_of.insert(kind, recall);
+        recall_of.insert(kind, (recall, precision));
     }
-    for kind in ["exact_duplicate", "coverage_violation", "velocity_burst"] {
-        assert!(recall_of[kind] >= 0.9, "{kind}: recall {}", recall_of[kind]);
+    for (kind, (recall, precision)) in recall_of {
+        assert!(recall >= 0.9, "{kind}: recall {recall}");
+        assert!(precision >= 0.9, "{kind}: precision {precision}");
     }
 }
