@@ -55,17 +55,20 @@ fn pg_url() -> String {
     )
 }
 
-/// A fresh database for one scenario, with the table, publication and load procedure.
-async fn fresh_db(name: &str) -> (String, PgConnection) {
+/// The server's address without a database, and a connection to its `postgres` database.
+async fn admin() -> (String, PgConnection) {
     let url = pg_url();
     let base = url.rsplit_once('/').expect("a database URL").0.to_string();
-    let mut admin = PgConnection::connect(&format!("{base}/postgres"))
+    let admin = PgConnection::connect(&format!("{base}/postgres"))
         .await
         .expect("PostgreSQL is running (scripts/services.sh start)");
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await
-        .expect("drop");
+    (base, admin)
+}
+
+/// A fresh database for one scenario, with the table, publication and load procedure.
+async fn fresh_db(name: &str) -> (String, PgConnection) {
+    drop_db(name).await;
+    let (base, mut admin) = admin().await;
     admin
         .execute(format!("CREATE DATABASE {name}").as_str())
         .await
@@ -80,12 +83,9 @@ async fn fresh_db(name: &str) -> (String, PgConnection) {
 }
 
 async fn drop_db(name: &str) {
-    let url = pg_url();
-    let base = url.rsplit_once('/').expect("a database URL").0.to_string();
-    let mut admin = PgConnection::connect(&format!("{base}/postgres"))
+    admin()
         .await
-        .expect("admin");
-    admin
+        .1
         .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
         .await
         .expect("drop");
