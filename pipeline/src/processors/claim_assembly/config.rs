@@ -1,5 +1,6 @@
 use serde::{Deserialize, Serialize};
 
+use crate::topology::units::Duration;
 use crate::topology::{DiagnosticKind, SettingsError};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -18,6 +19,16 @@ pub struct ClaimAssemblyConfig {
     /// of the row itself for every other table (rows without it keep their partition).
     #[serde(default = "default_partition_by")]
     pub partition_by: String,
+    /// How long (in event time) a line waits for its claim. After that it is sent on in
+    /// its own partition, where claim analysis rejects it to the dead-letter topic with
+    /// the reason: a line must not wait forever in silence (its claim may sit in another
+    /// partition when the input is not partitioned by claim).
+    #[serde(default = "default_line_wait")]
+    pub line_wait: Duration,
+}
+
+fn default_line_wait() -> Duration {
+    Duration(std::time::Duration::from_secs(86_400))
 }
 
 fn default_claims() -> String {

@@ -7,7 +7,9 @@
 //!   value and schema ids): this stage only chooses partitions and order.
 //! - A line is emitted only after its claim was: lines that arrive first wait in state
 //!   (keyed by claim, then by position, so they leave in position order) and are emitted
-//!   right after their claim. So a line always lands in its claim's member partition.
+//!   right after their claim. So a line always lands in its claim's member partition —
+//!   unless its claim does not come within `line_wait` of event time: then the line is
+//!   sent on in its own partition, and claim analysis dead-letters it with the reason.
 //! - The claim → member mapping is kept for good (one small entry per claim), so line
 //!   changes and deletes that come long after their claim still find the member.
 //! - Other tables are partitioned by their own `partition_by` column, like the conflict
@@ -18,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::config::ClaimAssemblyConfig;
 use crate::processors::change::{decode_state, describe, encode_state, Cell, Change};
-use crate::runtime::{Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection};
+use crate::runtime::{
+    Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection, Timer,
+};
 
 /// Claim → partitioning bytes of its member.
 const MEMBERS: &str = "claim_members";
@@ -72,6 +76,32 @@ impl ClaimAssembly {
             })
     }
 
+    /// Emits and forgets the lines waiting for `claim`, to `partition_by`.
+    fn release(
+        &self,
+        claim: &[u8],
+        partition_by: Option<Vec<u8>>,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
+        let mut prefix = claim.to_vec();
+        prefix.push(0);
+        for (key, value) in ctx.scan_prefix(WAITING, &prefix)? {
+            ctx.delete(WAITING, &key);
+            let Some(line) = decode_state::<WaitingLine>(&value) else {
+                continue;
+            };
+            ctx.emit(Output {
+                port: None,
+                key: line.key.as_ref().map(Value::from),
+                key_schema: OutputSchema::Id(line.key_schema),
+                value: Some(Value::from(&line.value)),
+                value_schema: OutputSchema::Id(line.value_schema),
+                partition_by: partition_by.clone(),
+            });
+        }
+        Ok(())
+    }
+
     fn claim(
         &self,
         change: &Change,
@@ -89,23 +119,7 @@ impl ClaimAssembly {
             None => ctx.get(MEMBERS, &claim)?,
         };
         ctx.emit(pass_through(event, member.clone()));
-        let mut prefix = claim;
-        prefix.push(0);
-        for (key, value) in ctx.scan_prefix(WAITING, &prefix)? {
-            ctx.delete(WAITING, &key);
-            let Some(line) = decode_state::<WaitingLine>(&value) else {
-                continue;
-            };
-            ctx.emit(Output {
-                port: None,
-                key: line.key.as_ref().map(Value::from),
-                key_schema: OutputSchema::Id(line.key_schema),
-                value: Some(Value::from(&line.value)),
-                value_schema: OutputSchema::Id(line.value_schema),
-                partition_by: member.clone(),
-            });
-        }
-        Ok(())
+        self.release(&claim, member, ctx)
     }
 
     fn line(
@@ -119,6 +133,8 @@ impl ClaimAssembly {
             ctx.emit(pass_through(event, Some(member)));
             return Ok(());
         }
+        let due = change.ts_ms + self.config.line_wait.0.as_millis() as i64;
+        ctx.set_timer(due, &claim);
         let mut key = claim;
         key.push(0);
         key.extend_from_slice(change.position.as_bytes());
@@ -153,5 +169,15 @@ impl Processor for ClaimAssembly {
             ctx.emit(pass_through(event, partition_by));
             Ok(())
         }
+    }
+
+    /// `line_wait` passed for lines of a claim that never came here: they go on in their
+    /// own partition (the claim's lines that came later have their own, later timers, but
+    /// leave with these: waiting longer would not make their claim come).
+    fn on_timer(&mut self, timer: &Timer, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        if ctx.get(MEMBERS, &timer.name)?.is_none() {
+            self.release(&timer.name, None, ctx)?;
+        }
+        Ok(())
     }
 }

@@ -184,3 +184,31 @@ fn a_line_without_its_claim_column_is_rejected_not_dropped() {
         .unwrap_err();
     assert!(err.to_string().contains("claim_id"), "{err}");
 }
+
+#[test]
+fn a_line_whose_claim_never_comes_is_sent_on_after_line_wait_not_kept_forever() {
+    let mut h = harness();
+    let (k, v) = line(5, 1, 1);
+    assert!(feed(&mut h, &k, &v).is_empty());
+    // Two days of event time later (line_wait is 1 day), another table's change.
+    let key = Value::Record(vec![("policy_id".into(), Value::Long(1))]);
+    let policy = envelope(
+        "policies",
+        2,
+        2 * 86_400_000,
+        vec![
+            ("policy_id", Value::Long(1)),
+            ("member_id", Value::Long(44)),
+        ],
+    );
+    let out = feed(&mut h, &key, &policy);
+    assert_eq!(out.len(), 2, "the policy, then the released line");
+    assert_eq!(out[1].value.as_ref(), Some(&v));
+    assert_eq!(
+        out[1].partition_by, None,
+        "its own partition: analysis rejects it there"
+    );
+    // Released once: the claim coming late emits only itself.
+    let (k, v) = claim(5, 42, 3);
+    assert_eq!(feed(&mut h, &k, &v).len(), 1);
+}
