@@ -166,6 +166,17 @@ fn bad_size_explains_the_syntax() {
 }
 
 #[test]
+fn tls_on_the_replication_connection_is_refused_not_ignored() {
+    let d = broken("source_tls");
+    assert_one(
+        &d,
+        DiagnosticKind::InvalidValue,
+        "sources.db.connection.ssl_mode",
+        "cannot use TLS yet",
+    );
+}
+
+#[test]
 fn unset_variable_without_default() {
     let d = broken("unset_variable");
     let item = &d.items[0];
