@@ -240,6 +240,25 @@ async fn quickstart_stores_match_the_source() {
     .await
     .unwrap();
     assert_eq!(unanalysed, 0, "hot claims without their analysis");
+    // No member's sensitive columns reach a cloud tier in clear (the quickstart drops them).
+    for store in ["hot", "warm"] {
+        let exposed: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {store}.members s JOIN public.members m USING (member_id)
+             WHERE s.ssn = m.ssn OR s.last_name = m.last_name OR s.date_of_birth = m.date_of_birth"
+        ))
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+        assert_eq!(exposed, 0, "members with PII in clear in the {store} store");
+    }
+    let members: i64 = sqlx::query_scalar("SELECT count(*) FROM hot.members")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        members > 0,
+        "members reach the hot store (without their PII)"
+    );
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

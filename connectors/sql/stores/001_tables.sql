@@ -7,11 +7,15 @@ CREATE SCHEMA IF NOT EXISTS {schema};
 
 CREATE TABLE IF NOT EXISTS {schema}.members (
     member_id bigint PRIMARY KEY,
-    first_name text, last_name text, date_of_birth date, ssn char(11), gender char(1),
-    address_line text, city text, state char(2), postal_code varchar(10),
+    first_name text, last_name text, date_of_birth date, ssn text, gender char(1),
+    address_line text, city text, state char(2), postal_code text,
     created_at timestamptz, updated_at timestamptz,
     _position text NOT NULL, _written_at timestamptz NOT NULL DEFAULT now()
 );
+-- Sensitive text columns hold tokens or ciphertext when tiering protects them (`tok:…`,
+-- `enc:<key id>:…`), longer than the source's char(11) / varchar(10). Stores made before
+-- this change are widened (once: the check keeps later starts from locking the table).
+DO $$ BEGIN IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{schema}' AND table_name = 'members' AND column_name IN ('ssn', 'postal_code') AND data_type <> 'text') THEN ALTER TABLE {schema}.members ALTER COLUMN ssn TYPE text, ALTER COLUMN postal_code TYPE text; END IF; END $$;
 
 CREATE TABLE IF NOT EXISTS {schema}.providers (
     provider_id bigint PRIMARY KEY,
