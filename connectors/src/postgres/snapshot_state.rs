@@ -63,6 +63,9 @@ pub struct SnapshotState {
     topic: String,
     key: String,
     slot: String,
+    /// Set once the topic is known to exist: it is created (or checked) once, not on
+    /// every read and write.
+    topic_ready: tokio::sync::OnceCell<()>,
 }
 
 impl SnapshotState {
@@ -71,6 +74,7 @@ impl SnapshotState {
             topic: format!("{region}.strata.source-state"),
             key: format!("postgres/{database}/{slot}"),
             slot: slot.into(),
+            topic_ready: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -79,13 +83,17 @@ impl SnapshotState {
     }
 
     async fn ensure_topic(&self, kafka: &KafkaSettings) -> Result<(), SnapshotStateError> {
-        let spec = TopicSpec {
-            name: self.topic.clone(),
-            partitions: 1,
-            replication_factor: 1,
-            compacted: true,
-        };
-        ensure_topics(&strata_pipeline::kafka::client_config(kafka), &[spec]).await?;
+        self.topic_ready
+            .get_or_try_init(|| async {
+                let spec = TopicSpec {
+                    name: self.topic.clone(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    compacted: true,
+                };
+                ensure_topics(&strata_pipeline::kafka::client_config(kafka), &[spec]).await
+            })
+            .await?;
         Ok(())
     }
 
