@@ -330,7 +330,7 @@ async fn main() {
         support::kafka(),
         None,
     )];
-    match MemoryBroker::start() {
+    match support::MemoryBroker::start() {
         Some(broker) => brokers.push((
             "tansu, memory engine (private)".to_string(),
             broker.settings(),
@@ -372,56 +372,4 @@ fn print_table(broker: &str, changes: u64, rows: &[Row], raw: f64) {
         );
     }
     println!("{:<34} {:>12.0}", "raw rdkafka producer, 330 B", raw);
-}
-
-/// A tansu broker with the memory engine on a free port, for the broker-unbound figure;
-/// killed when dropped.
-struct MemoryBroker {
-    child: std::process::Child,
-    address: String,
-}
-
-impl MemoryBroker {
-    fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{address}");
-        let child = std::process::Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&address).is_err() {
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Self { child, address })
-    }
-
-    fn settings(&self) -> KafkaSettings {
-        serde_yaml_ng::from_str(&format!("{{bootstrap_servers: '{}'}}", self.address))
-            .expect("kafka settings")
-    }
-}
-
-impl Drop for MemoryBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -26,7 +26,7 @@ use strata_pipeline::runtime::{
     run_processor, Context, Event, Output, OutputSchema, ProcessError, Processor, ProcessorEnv,
     ProcessorSpec,
 };
-use strata_pipeline::topology::RegistrySettings;
+use strata_pipeline::topology::{KafkaSettings, RegistrySettings};
 use support::{env, Sender};
 
 mod support;
@@ -79,7 +79,6 @@ async fn main() {
             .parse()
             .expect("a number")
     };
-    let kafka = support::kafka();
     let codec = Arc::new(
         Codec::new(&RegistrySettings {
             url: env("STRATA_SCHEMA_REGISTRY_URL", "http://127.0.0.1:18081"),
@@ -90,7 +89,42 @@ async fn main() {
         })
         .expect("codec"),
     );
-    let run = format!("bench-{}", std::process::id());
+    let mut brokers = vec![(
+        "tansu, sqlite engine (scripts/services.sh)",
+        support::kafka(),
+        None,
+    )];
+    match support::MemoryBroker::start() {
+        Some(broker) => brokers.push((
+            "tansu, memory engine (private)",
+            broker.settings(),
+            Some(broker),
+        )),
+        None => eprintln!("[bench] no `tansu` on PATH: the memory-engine run is skipped"),
+    }
+    for (i, (label, kafka, _broker)) in brokers.iter().enumerate() {
+        let run = format!("bench-{}-{i}", std::process::id());
+        let (raw, strata) = measure(kafka, &codec, events, &run).await;
+        println!("\nevents: {events} (10,000 keys, 4 partitions); broker: {label}");
+        println!(
+            "raw consume+produce : {raw:>7.2} s  {:>9.0} events/s",
+            events as f64 / raw
+        );
+        println!(
+            "strata runtime      : {strata:>7.2} s  {:>9.0} events/s  (state + changelog + output)",
+            events as f64 / strata
+        );
+        println!("ratio strata/raw    : {:.2}  (goal ≥ 0.6)", raw / strata);
+    }
+}
+
+/// Seconds for the raw loop and for the runtime to carry `events` records over `kafka`.
+async fn measure(
+    kafka: &KafkaSettings,
+    codec: &Arc<Codec>,
+    events: usize,
+    run: &str,
+) -> (f64, f64) {
     let (input, raw_out, out) = (
         format!("{run}.in"),
         format!("{run}.raw"),
@@ -105,7 +139,7 @@ async fn main() {
             compacted: false,
         })
         .collect();
-    ensure_topics(&client_config(&kafka), &topics)
+    ensure_topics(&client_config(kafka), &topics)
         .await
         .expect("is the broker up? (scripts/services.sh start)");
 
@@ -118,7 +152,7 @@ async fn main() {
         .register(&format!("{input}-value"), VALUE)
         .await
         .expect("registry");
-    let p: FutureProducer = producer(&kafka).expect("producer");
+    let p: FutureProducer = producer(kafka).expect("producer");
     let mut sender = Sender::new(p.clone());
     for i in 0..events as i64 {
         let key = key_writer.encode(&Value::Long(i % 10_000)).unwrap();
@@ -131,7 +165,7 @@ async fn main() {
 
     // Raw limit: consume the input and produce each record to another topic, acks awaited.
     let started = Instant::now();
-    let consumer: StreamConsumer = client_config(&kafka)
+    let consumer: StreamConsumer = client_config(kafka)
         .set("group.id", format!("{run}.raw"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -180,15 +214,5 @@ async fn main() {
     let strata = started.elapsed().as_secs_f64();
     stop.cancel();
     task.await.unwrap().expect("drained");
-
-    println!("events: {events} (10,000 keys, 4 partitions, tansu on this machine)");
-    println!(
-        "raw consume+produce : {raw:>7.2} s  {:>9.0} events/s",
-        events as f64 / raw
-    );
-    println!(
-        "strata runtime      : {strata:>7.2} s  {:>9.0} events/s  (state + changelog + output)",
-        events as f64 / strata
-    );
-    println!("ratio strata/raw    : {:.2}  (goal ≥ 0.6)", raw / strata);
+    (raw, strata)
 }

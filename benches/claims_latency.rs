@@ -1,0 +1,362 @@
+//! Latency of one claim through the three processors, end to end through the broker.
+//!
+//! The generator commits new claims (a header and its lines in one transaction) into a
+//! fresh PostgreSQL database at a fixed rate; `strata run topologies/quickstart.yaml`
+//! captures them, and conflict resolution → assembly → claim analysis → tiering carry each
+//! one to the hot tier's topic, where this bench reads the claim's analysis. Per claim,
+//! from its insert until the last analysis of that insert is in the hot-tier topic:
+//! - **processors**: from the claim's change event in its CDC topic (the record's Kafka
+//!   timestamp, set when the source produced it) — the processors and the broker alone;
+//! - **commit**: from the commit in PostgreSQL (`event_time_ms`, the commit time the
+//!   source carries) — adds the source's share.
+//!
+//! Claims of members without a policy wait up to `coverage_wait` (1 day) for the policy by
+//! design; they are counted as not measured. The first `STRATA_BENCH_WARMUP` seconds
+//! (snapshot, start-up) are left out.
+//!
+//! Needs the local services (`eval "$(scripts/services.sh start)"`) for PostgreSQL and
+//! the registry; the broker is a private tansu with the memory engine (the services'
+//! sqlite engine cannot take the ~100k records/s the pipeline writes at this rate), or
+//! the services' broker with `STRATA_BENCH_BROKER=services`.
+//!
+//! cargo bench --bench claims_latency   (STRATA_BENCH_RATE=5000 claims/s, STRATA_BENCH_SECONDS=40)
+//! Goal (issue 7): p99 < 50 ms through the processors at 5k claims/s.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use apache_avro::types::Value;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use sqlx::{Connection, Executor, PgConnection};
+use strata_pipeline::avro::Codec;
+use strata_pipeline::kafka::client_config;
+use strata_pipeline::runtime::processor::record_field;
+use strata_pipeline::topology::{KafkaSettings, RegistrySettings};
+use support::env;
+
+mod support;
+
+const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A fresh database `name` next to the services' claims database; returns its URL.
+async fn fresh_db(name: &str) -> String {
+    let admin = env(
+        "STRATA_PG_ADMIN_URL",
+        "postgres://postgres@127.0.0.1:15432/postgres",
+    );
+    let mut c = PgConnection::connect(&admin)
+        .await
+        .expect("is PostgreSQL up? (scripts/services.sh start)");
+    c.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .expect("drop the bench database");
+    c.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create the bench database");
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    format!("{base}/{name}")
+}
+
+fn generate(url: &str, extra: &[&str], log: &Path) -> Command {
+    let mut c = Command::new(STRATA);
+    c.args([
+        "generate",
+        "--url",
+        url,
+        "--members",
+        "5000",
+        "--providers",
+        "500",
+    ])
+    .args(["--claims", "5000", "--seed", "5"])
+    .args(extra)
+    .stdout(Stdio::null())
+    .stderr(log_file(log));
+    c
+}
+
+fn log_file(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("log file")
+}
+
+/// Milliseconds at quantile `q` of sorted `values`.
+fn quantile(values: &[i64], q: f64) -> i64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values[((values.len() - 1) as f64 * q).round() as usize]
+}
+
+fn long(value: &Value, name: &str) -> Option<i64> {
+    match record_field(value, name)? {
+        Value::Long(v) | Value::TimestampMillis(v) => Some(*v),
+        _ => None,
+    }
+}
+
+/// Per claim: its insert's commit time, when its change reached the CDC topic, and when
+/// the last analysis of that insert reached the hot-tier topic.
+#[derive(Default)]
+struct Claim {
+    cdc_ms: Option<i64>,
+    commit_ms: Option<i64>,
+    analysed_ms: Option<i64>,
+}
+
+struct Report {
+    rate: f64,
+    seconds: u64,
+    sent: usize,
+    processors: Vec<i64>,
+    commit: Vec<i64>,
+}
+
+impl Report {
+    fn print(&self, broker: &str) {
+        println!(
+            "\nclaims through conflict resolution → assembly → analysis → tiering at {:.0} claims/s for {} s; broker: {broker}",
+            self.rate, self.seconds
+        );
+        println!(
+            "claims measured: {} of {} committed after the warm-up",
+            self.processors.len(),
+            self.sent
+        );
+        println!(
+            "{:<34} {:>7} {:>7} {:>7} {:>7}",
+            "latency (ms)", "p50", "p95", "p99", "max"
+        );
+        for (label, values) in [
+            ("CDC topic → hot-tier analysis", &self.processors),
+            ("PG commit → hot-tier analysis", &self.commit),
+        ] {
+            println!(
+                "{label:<34} {:>7} {:>7} {:>7} {:>7}",
+                quantile(values, 0.5),
+                quantile(values, 0.95),
+                quantile(values, 0.99),
+                values.last().copied().unwrap_or(0)
+            );
+        }
+        println!("goal: p99 < 50 ms through the processors (issue 7)");
+    }
+}
+
+async fn measure(
+    kafka: &KafkaSettings,
+    registry: &str,
+    rate: f64,
+    seconds: u64,
+    warm_up_s: i64,
+) -> Report {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("strata.log");
+    let run = format!("lat{}", std::process::id());
+    let url = fresh_db(&run).await;
+    let backfill = generate(&url, &[], &log).status().expect("generator runs");
+    assert!(backfill.success(), "backfill failed; see {}", log.display());
+
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut strata: Child = Command::new(STRATA)
+        .args(["run", "topologies/quickstart.yaml", "--listen", &listen])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("STRATA_PG_URL", &url)
+        .env("STRATA_REGION", &run)
+        .env("STRATA_SLOT", format!("strata_{run}"))
+        .env("STRATA_HOME", dir.path())
+        .env("STRATA_SCHEMA_REGISTRY_URL", registry)
+        .env("STRATA_KAFKA_BROKERS", &kafka.bootstrap_servers)
+        .stdout(Stdio::null())
+        .stderr(log_file(&log))
+        .spawn()
+        .expect("strata starts");
+
+    let codec = Codec::new(&RegistrySettings {
+        url: registry.to_string(),
+        username: None,
+        password: None,
+        ca_file: None,
+        allow_incompatible: false,
+    })
+    .expect("codec");
+    let (cdc_topic, hot_topic) = (
+        format!("{run}.cdc.{run}.public.claims"),
+        format!("{run}.tiering.hot"),
+    );
+    let consumer: StreamConsumer = client_config(kafka)
+        .set("group.id", format!("{run}.latency"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[&cdc_topic, &hot_topic])
+        .expect("subscribe");
+
+    // Stream once the deployment is ready (snapshot started, components running).
+    let ready = format!("http://{listen}/ready");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !reqwest::get(&ready)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline && strata.try_wait().ok().flatten().is_none(),
+            "strata run never became ready; see {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let total = (rate * seconds as f64) as u32;
+    let mut generator = generate(
+        &url,
+        &[
+            "--resume",
+            "--stream-claims",
+            &total.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ],
+        &log,
+    )
+    .spawn()
+    .expect("generator starts");
+    let warm_up_ms = now_ms() + 1000 * warm_up_s;
+
+    let mut claims: HashMap<i64, Claim> = HashMap::new();
+    let mut quiet_since = None::<Instant>;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let arrived = now_ms();
+                quiet_since = None;
+                let Some(Ok(decoded)) = (match m.payload() {
+                    Some(bytes) => Some(codec.decode(bytes).await),
+                    None => None,
+                }) else {
+                    continue;
+                };
+                let value = &decoded.value;
+                if m.topic() == cdc_topic {
+                    let insert = record_field(value, "op") == Some(&Value::String("c".into()));
+                    let id = record_field(value, "after").and_then(|a| long(a, "claim_id"));
+                    if let (true, Some(id)) = (insert, id) {
+                        claims.entry(id).or_default().cdc_ms = m.timestamp().to_millis();
+                    }
+                } else if let (Some(id), Some(event_ms)) =
+                    (long(value, "claim_id"), long(value, "event_time_ms"))
+                {
+                    let claim = claims.entry(id).or_default();
+                    // Analyses of the insert share its commit time; later ones (status
+                    // updates) are not this claim's first way through.
+                    if claim.commit_ms.is_none_or(|c| c == event_ms) {
+                        claim.commit_ms = Some(event_ms);
+                        claim.analysed_ms = Some(arrived);
+                    }
+                }
+            }
+            Ok(Err(e)) => eprintln!("[bench] consumer: {e}"),
+            Err(_) => {}
+        }
+        if generator.try_wait().ok().flatten().is_some() {
+            // Drain: stop once nothing arrived for 3 s.
+            let since = *quiet_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+        }
+        if let Some(status) = strata.try_wait().ok().flatten() {
+            panic!("strata run stopped ({status}); see {}", log.display());
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &strata.id().to_string()])
+        .status();
+    let _ = strata.wait();
+
+    let measured: Vec<&Claim> = claims
+        .values()
+        .filter(|c| c.cdc_ms.is_some() && c.commit_ms.is_some_and(|t| t >= warm_up_ms))
+        .collect();
+    let sent = claims
+        .values()
+        .filter(|c| c.cdc_ms.is_some_and(|t| t >= warm_up_ms))
+        .count();
+    let mut processors: Vec<i64> = measured
+        .iter()
+        .filter_map(|c| Some(c.analysed_ms? - c.cdc_ms?))
+        .collect();
+    let mut commit: Vec<i64> = measured
+        .iter()
+        .filter_map(|c| Some(c.analysed_ms? - c.commit_ms?))
+        .collect();
+    processors.sort_unstable();
+    commit.sort_unstable();
+    if let Ok(mut c) = PgConnection::connect(&url).await {
+        let _ = sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(format!("strata_{run}"))
+            .execute(&mut c)
+            .await;
+    }
+    Report {
+        rate,
+        seconds,
+        sent,
+        processors,
+        commit,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo test` runs benches without `--bench`: then a short, slow smoke run.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let (rate, seconds, warm_up_s): (f64, u64, i64) = if smoke {
+        (200.0, 3, 0)
+    } else {
+        (
+            env("STRATA_BENCH_RATE", "5000").parse().expect("a number"),
+            env("STRATA_BENCH_SECONDS", "40").parse().expect("a number"),
+            env("STRATA_BENCH_WARMUP", "10").parse().expect("a number"),
+        )
+    };
+    let registry = env("STRATA_SCHEMA_REGISTRY_URL", "http://127.0.0.1:18081");
+    let private = (env("STRATA_BENCH_BROKER", "memory") != "services")
+        .then(support::MemoryBroker::start)
+        .flatten();
+    let (label, kafka) = match &private {
+        Some(b) => ("tansu, memory engine (private)", b.settings()),
+        None => (
+            "tansu, sqlite engine (scripts/services.sh)",
+            support::kafka(),
+        ),
+    };
+    let report = measure(&kafka, &registry, rate, seconds, warm_up_s).await;
+    if smoke {
+        assert!(!report.processors.is_empty(), "no claim made it through");
+    }
+    report.print(label);
+}
