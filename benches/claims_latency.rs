@@ -171,8 +171,10 @@ async fn measure(
     warm_up_s: i64,
 ) -> Report {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("strata.log");
     let run = format!("lat{}", std::process::id());
+    // Outside the temporary directory, so it outlives an interrupted run.
+    let log = std::env::temp_dir().join(format!("strata-{run}.log"));
+    eprintln!("[bench] log: {}", log.display());
     let url = fresh_db(&run).await;
     let backfill = generate(&url, &[], &log).status().expect("generator runs");
     assert!(backfill.success(), "backfill failed; see {}", log.display());

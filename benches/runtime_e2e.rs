@@ -196,8 +196,8 @@ async fn measure(
         state_cache_bytes: 64 << 20,
         partitions: 4,
         changelog_replication_factor: 1,
-        max_batch: 1000,
-        max_batch_wait: Duration::from_millis(20),
+        max_batch: 5000,
+        max_batch_wait: Duration::from_millis(strata_pipeline::topology::DEFAULT_BATCH_WAIT_MS),
     };
     let env = ProcessorEnv {
         kafka: kafka.clone(),

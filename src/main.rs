@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use strata::{components, registry};
+use strata::{bench, components, registry};
 use strata_pipeline::ops::logging::{self, LogFormat};
 use strata_pipeline::topology;
 
@@ -78,6 +78,9 @@ enum Command {
     /// Work with a cold archive.
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Run benchmark scenarios against the local services: a table on stdout and a JSON
+    /// report (written only when every scenario finished).
+    Bench(BenchArgs),
     /// Serve a Confluent-compatible schema registry.
     Registry {
         #[arg(long, default_value = "127.0.0.1:8081", env = "STRATA_REGISTRY_LISTEN")]
@@ -98,6 +101,52 @@ enum ArchiveCommand {
     /// broken entry (exit 1) or the totals (exit 0). PATH is a directory or
     /// s3://bucket/prefix (settings from the AWS_* environment variables).
     Verify { path: String },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Scenarios to run, in order (all when none is named).
+    #[arg(value_enum)]
+    scenarios: Vec<bench::Scenario>,
+    /// Claims of the snapshot scenario; the others start from a tenth of it.
+    #[arg(long, default_value_t = 100_000)]
+    claims: u32,
+    /// New claims the streaming scenario commits as fast as it can.
+    #[arg(long, default_value_t = 100_000)]
+    stream_claims: u32,
+    /// New claims per second in the latency scenario.
+    #[arg(long, default_value_t = 5_000.0)]
+    rate: f64,
+    /// Seconds the latency scenario streams.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "bench-report.json")]
+    report: PathBuf,
+    /// The topology each scenario runs (addresses from the environment, as in the quickstart).
+    #[arg(long, default_value = "topologies/quickstart.yaml")]
+    topology: PathBuf,
+    #[arg(
+        long,
+        env = "STRATA_PG_ADMIN_URL",
+        default_value = "postgres://postgres@127.0.0.1:15432/postgres"
+    )]
+    pg_admin_url: String,
+    #[arg(long, env = "STRATA_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
+    kafka_brokers: String,
+    #[arg(
+        long,
+        env = "STRATA_SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:18081"
+    )]
+    registry_url: String,
+    /// Directory of PostgreSQL's client programs (pg_recvlogical).
+    #[arg(long, env = "PG_BIN", default_value = "/usr/lib/postgresql/15/bin")]
+    pg_bin: PathBuf,
+    /// Exit 1 when streaming runs below this share of the raw producer's rate (a gross
+    /// regression); needs the `streaming` and `raw` scenarios.
+    #[arg(long)]
+    fail_below: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -267,6 +316,7 @@ fn main() -> ExitCode {
             block_on(run::run(topology, listen))
         }
         Command::Generate(args) => block_on(generate(args)),
+        Command::Bench(args) => block_on(run_bench(args)),
         Command::Registry { listen, data_dir } => block_on(registry::serve(listen, data_dir)),
         Command::Archive(ArchiveCommand::Verify { path }) => block_on(verify_archive(path)),
     }
@@ -290,6 +340,39 @@ async fn verify_archive(location: String) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+async fn run_bench(args: BenchArgs) -> Result<(), String> {
+    if !args.topology.is_file() {
+        return Err(format!(
+            "no topology file at {}; run from the repository root or pass --topology",
+            args.topology.display()
+        ));
+    }
+    if !(args.rate.is_finite() && args.rate > 0.0) || args.seconds == 0 || args.claims == 0 {
+        return Err("--rate, --seconds and --claims must be positive".into());
+    }
+    let options = bench::BenchOptions {
+        scenarios: if args.scenarios.is_empty() {
+            <bench::Scenario as clap::ValueEnum>::value_variants().to_vec()
+        } else {
+            args.scenarios
+        },
+        claims: args.claims,
+        stream_claims: args.stream_claims.max(1),
+        rate: args.rate,
+        seconds: args.seconds,
+        report: args.report,
+        topology: args.topology,
+        pg_admin_url: args.pg_admin_url,
+        kafka_brokers: args.kafka_brokers,
+        registry_url: args.registry_url,
+        pg_bin: args.pg_bin,
+        fail_below: args.fail_below,
+    };
+    bench::run(&options).await.map_err(|e| e.to_string())?;
+    println!("\nreport: {}", options.report.display());
+    Ok(())
 }
 
 fn block_on<E: std::fmt::Display>(f: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {

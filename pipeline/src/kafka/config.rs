@@ -30,3 +30,19 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
     }
     config
 }
+
+/// Consumer defaults that `kafka.properties` may override.
+///
+/// `fetch.wait.max.ms`: how long the broker may hold a fetch that found nothing. Kafka
+/// answers as soon as records arrive, so a short wait only costs idle fetches; tansu
+/// 0.6.0 holds every fetch for up to this long (half of it above 250 ms), even when it
+/// has records, and each stage of a pipeline would add that to the latency.
+pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = client_config(settings);
+    for (key, value) in [("fetch.wait.max.ms", "10")] {
+        if !settings.properties.contains_key(key) {
+            config.set(key, value);
+        }
+    }
+    config
+}

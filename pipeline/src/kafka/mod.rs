@@ -3,11 +3,12 @@
 pub mod acks;
 mod admin;
 mod config;
+pub mod lag;
 mod producer;
 pub mod rejoin;
 
 pub use admin::{ensure_topics, TopicSpec};
-pub use config::client_config;
+pub use config::{client_config, consumer_config};
 pub use producer::producer;
 
 /// Errors talking to Kafka. Transient ones are worth a retry; the rest need a fix.

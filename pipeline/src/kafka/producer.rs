@@ -10,10 +10,17 @@ pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> 
     let mut config = client_config(settings);
     config
         .set("enable.idempotence", "true")
-        .set("acks", &settings.acks)
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("message.timeout.ms", "300000");
+        .set("acks", &settings.acks);
+    // Defaults that `kafka.properties` may override.
+    for (key, value) in [
+        ("linger.ms", "5"),
+        ("compression.type", "lz4"),
+        ("message.timeout.ms", "300000"),
+    ] {
+        if !settings.properties.contains_key(key) {
+            config.set(key, value);
+        }
+    }
     config.create().map_err(|source| KafkaError::Client {
         brokers: settings.bootstrap_servers.clone(),
         source,

@@ -108,11 +108,15 @@ impl Change {
     }
 
     /// A column of [`Change::row`].
+    ///
+    /// A NULL counts as absent: a delete's before-image (REPLICA IDENTITY DEFAULT) carries
+    /// only the key, with every other column NULL, and must not read as a NULL value.
     pub fn column(&self, name: &str) -> Option<&Value> {
         self.row()?
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| unwrap_union(v))
+            .filter(|v| **v != Value::Null)
     }
 }
 

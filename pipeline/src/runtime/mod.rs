@@ -125,8 +125,8 @@ pub fn processor_spec(
         state_cache_bytes: topology.state.cache_size.0 as usize,
         partitions: topology.topics.partitions,
         changelog_replication_factor: topology.state.changelog_replication_factor,
-        max_batch: 1000,
-        max_batch_wait: std::time::Duration::from_millis(20),
+        max_batch: topology.state.batch_max_records.max(1),
+        max_batch_wait: topology.state.batch_max_wait.0,
     }
 }
 

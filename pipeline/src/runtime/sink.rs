@@ -28,6 +28,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::RuntimeError;
 use crate::avro::Codec;
 use crate::kafka;
+use crate::kafka::lag::{LagContext, LagReporter};
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::CancellationToken;
 use crate::topology::KafkaSettings;
@@ -95,20 +96,24 @@ pub async fn run_sink(
     mut sink: Box<dyn Sink>,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
-    let mut config = kafka::client_config(&kafka_settings);
+    let mut config = kafka::consumer_config(&kafka_settings);
     config
         .set("group.id", &spec.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("topic.metadata.refresh.interval.ms", "5000");
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        .set(
+            "statistics.interval.ms",
+            crate::kafka::lag::STATISTICS_INTERVAL_MS,
+        );
     let kafka_error = |what: &str| {
         let what = what.to_string();
         move |source| RuntimeError::KafkaIo { what, source }
     };
-    let consumer: StreamConsumer = config
-        .create()
+    let consumer: StreamConsumer<LagContext> = config
+        .create_with_context(LagContext(LagReporter::new(&spec.component, &metrics)))
         .map_err(kafka_error("creating the consumer"))?;
     let inputs: Vec<&str> = spec.inputs.iter().map(String::as_str).collect();
     consumer
@@ -165,7 +170,7 @@ struct Counters {
 /// What reading and delivering a batch borrow from [`run_sink`].
 struct BatchIo<'a> {
     spec: &'a SinkSpec,
-    consumer: &'a StreamConsumer,
+    consumer: &'a StreamConsumer<LagContext>,
     producer: &'a FutureProducer,
     codec: &'a Codec,
     shutdown: &'a CancellationToken,

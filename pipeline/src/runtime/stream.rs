@@ -80,12 +80,16 @@ pub struct ProcessorEnv {
 
 /// Partitions revoked since the loop last looked; their state must be caught up again
 /// before they are processed (another instance may have advanced it meanwhile).
-#[derive(Default)]
 struct RebalanceTracker {
     revoked: Mutex<Vec<i32>>,
+    lag: crate::kafka::lag::LagReporter,
 }
 
-impl ClientContext for RebalanceTracker {}
+impl ClientContext for RebalanceTracker {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.lag.record(&statistics);
+    }
+}
 
 impl ConsumerContext for RebalanceTracker {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -187,7 +191,7 @@ pub async fn run_processor(
         .await
         .map_err(RuntimeError::join)??;
 
-    let mut consumer_config = kafka_config.clone();
+    let mut consumer_config = kafka::consumer_config(&env.kafka);
     consumer_config
         .set("group.id", &spec.group_id)
         .set("enable.auto.commit", "false")
@@ -196,9 +200,16 @@ pub async fn run_processor(
         // A killed instance's partitions move after this long without heartbeats.
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("topic.metadata.refresh.interval.ms", "5000");
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        .set(
+            "statistics.interval.ms",
+            crate::kafka::lag::STATISTICS_INTERVAL_MS,
+        );
     let consumer: StreamConsumer<RebalanceTracker> = consumer_config
-        .create_with_context(RebalanceTracker::default())
+        .create_with_context(RebalanceTracker {
+            revoked: Mutex::default(),
+            lag: crate::kafka::lag::LagReporter::new(&spec.component, &env.metrics),
+        })
         .map_err(|source| RuntimeError::KafkaIo {
             what: "creating the consumer".into(),
             source,
@@ -210,7 +221,7 @@ pub async fn run_processor(
             what: format!("subscribing to {inputs:?}"),
             source,
         })?;
-    let mut restore_config = kafka_config.clone();
+    let mut restore_config = kafka::consumer_config(&env.kafka);
     restore_config
         .set("group.id", format!("{}.restore", spec.group_id))
         .set("enable.auto.commit", "false")

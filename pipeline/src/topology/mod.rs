@@ -19,7 +19,7 @@ pub use catalog::{parse_settings, Catalog, ComponentKind, Ports, Role, SettingsE
 pub use diagnostics::{Diagnostic, DiagnosticKind, Diagnostics, Location};
 pub use model::{
     Component, Input, KafkaSettings, ObservabilitySettings, RegistrySettings, StateSettings,
-    TopicSettings, Topology, FORMAT_VERSION,
+    TopicSettings, Topology, DEFAULT_BATCH_WAIT_MS, FORMAT_VERSION,
 };
 
 use std::path::Path;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::Role;
-use super::units::Size;
+use super::units::{Duration, Size};
 use crate::secret::Secret;
 
 /// The current topology file format.
@@ -157,7 +157,27 @@ pub struct StateSettings {
     /// Replication factor of changelog topics.
     #[serde(default = "default_replication")]
     pub changelog_replication_factor: i16,
+    /// Most input records a processor handles in one commit cycle (outputs, changelog,
+    /// state and offsets are written once per cycle).
+    #[serde(default = "default_batch_records")]
+    pub batch_max_records: usize,
+    /// How long a processor waits for more input once a cycle's first record is there.
+    /// Zero takes only what the consumer already holds: the lowest latency, and under
+    /// load cycles still fill up while the previous one commits.
+    #[serde(default = "default_batch_wait")]
+    pub batch_max_wait: Duration,
 }
+
+fn default_batch_records() -> usize {
+    5000
+}
+
+fn default_batch_wait() -> Duration {
+    Duration(std::time::Duration::from_millis(DEFAULT_BATCH_WAIT_MS))
+}
+
+/// See [`StateSettings::batch_max_wait`].
+pub const DEFAULT_BATCH_WAIT_MS: u64 = 5;
 
 fn default_cache() -> Size {
     Size(64 << 20)

@@ -212,3 +212,30 @@ fn a_line_whose_claim_never_comes_is_sent_on_after_line_wait_not_kept_forever() 
     let (k, v) = claim(5, 42, 3);
     assert_eq!(feed(&mut h, &k, &v).len(), 1);
 }
+
+/// A claim voided and deleted before its lines got here: the delete's before-image has
+/// only the key (member_id NULL), which must not replace the member the claim went to.
+#[test]
+fn a_delete_with_a_key_only_image_keeps_the_claims_member() {
+    let mut h = harness();
+    let (key, value) = claim(7, 42, 10);
+    assert_eq!(feed(&mut h, &key, &value)[0].partition_by, member(42));
+    let delete = change(
+        "claims",
+        "d",
+        11,
+        0,
+        Some(vec![
+            ("claim_id", Value::Long(7)),
+            ("member_id", Value::Union(0, Box::new(Value::Null))),
+        ]),
+        None,
+    );
+    assert_eq!(feed(&mut h, &key, &delete)[0].partition_by, member(42));
+    let (key, value) = line(7, 1, 12);
+    assert_eq!(
+        feed(&mut h, &key, &value)[0].partition_by,
+        member(42),
+        "the line follows its claim"
+    );
+}

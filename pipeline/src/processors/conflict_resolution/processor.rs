@@ -146,7 +146,7 @@ impl Processor for ConflictResolution {
             .config
             .partition_by
             .iter()
-            .find_map(|c| column(&after, c))
+            .find_map(|c| column(&after, c).filter(|v| **v != Value::Null))
             .map(|v| describe(&Cell::from(v)).into_bytes());
         ctx.emit(Output {
             port: None,
