@@ -14,8 +14,9 @@ use strata_connectors::generator::{self, GeneratorConfig, Start};
 use super::probe::{self, ProcessStats, Scrape};
 use super::{wait_for, BenchOptions};
 
-/// The source component of the bench's topology, and its publication.
-const SOURCE: &str = "claims_db";
+/// The first processor of the bench's topology (it reads every captured change), and the
+/// source's publication.
+const FIRST_PROCESSOR: &str = "conflicts";
 const PUBLICATION: &str = "strata_claims";
 const PROCESSORS: [&str; 4] = ["conflicts", "assembly", "analysis", "tiering"];
 const SINKS: [&str; 3] = ["hot", "warm", "cold"];
@@ -63,7 +64,8 @@ pub struct Outcome {
     pub scenario: &'static str,
     /// Named figures (rates per second, milliseconds, MiB, ratios).
     pub figures: BTreeMap<&'static str, f64>,
-    /// Per stage: events handled, time busy, and events per busy second.
+    /// Per stage: events handled, time busy (processing and the commit cycle, which waits
+    /// for the broker's acknowledgements), and events per busy second.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<Stage>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -120,7 +122,11 @@ impl Outcome {
             }
         }
         for g in &self.goals {
-            println!("  goal {:<50} {}", g.goal, if g.met { "met" } else { "MISSED" });
+            println!(
+                "  goal {:<50} {}",
+                g.goal,
+                if g.met { "met" } else { "MISSED" }
+            );
         }
         if let Some(b) = &self.bottleneck {
             println!("  bottleneck: {b}");
@@ -155,6 +161,9 @@ async fn fresh_db(options: &BenchOptions, name: &str) -> Result<String, String> 
     for sql in [
         format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
         format!("CREATE DATABASE {name}"),
+        // The generator commits one transaction per claim: with a WAL flush per commit
+        // this machine's disk, not the pipeline, would cap the rate.
+        format!("ALTER DATABASE {name} SET synchronous_commit = off"),
     ] {
         admin
             .execute(sql.as_str())
@@ -217,7 +226,8 @@ impl Deployment {
             .arg(&options.topology)
             .args(["--listen", &listen])
             .env("STRATA_PG_URL", url)
-            .env("STRATA_REGION", name)
+            // Regions take `-`, slots and databases `_`.
+            .env("STRATA_REGION", name.replace('_', "-"))
             .env("STRATA_SLOT", name)
             .env("STRATA_HOME", home.path())
             .env("STRATA_KAFKA_BROKERS", &options.kafka_brokers)
@@ -234,17 +244,21 @@ impl Deployment {
             _home: home,
         };
         let ready = format!("http://{}/ready", deployment.listen);
-        wait_for("the deployment becoming ready", Duration::from_secs(120), || {
-            let alive = deployment.alive();
-            let ready = ready.clone();
-            async move {
-                alive?;
-                Ok(reqwest::get(&ready)
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-                    .then_some(()))
-            }
-        })
+        wait_for(
+            "the deployment becoming ready",
+            Duration::from_secs(120),
+            || {
+                let alive = deployment.alive();
+                let ready = ready.clone();
+                async move {
+                    alive?;
+                    Ok(reqwest::get(&ready)
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                        .then_some(()))
+                }
+            },
+        )
         .await?;
         Ok(deployment)
     }
@@ -433,8 +447,9 @@ async fn streaming(options: &BenchOptions) -> Result<Outcome, String> {
         let (after, moved) = deployment.wait_idle(Duration::from_secs(3600)).await?;
         let seconds = moved.duration_since(started).as_secs_f64();
         let after_stats = deployment.stats();
-        let changes = after.sum("strata_events_out_total", Some(SOURCE))
-            - before.sum("strata_events_out_total", Some(SOURCE));
+        // Every captured change is read once by the first processor.
+        let changes = after.sum("strata_events_in_total", Some(FIRST_PROCESSOR))
+            - before.sum("strata_events_in_total", Some(FIRST_PROCESSOR));
         let recv_seconds =
             probe::recvlogical(&options.pg_bin, &url, &recv_slot, PUBLICATION, &end)?;
         let _ = sqlx::query("SELECT pg_drop_replication_slot($1)")
@@ -458,14 +473,14 @@ async fn streaming(options: &BenchOptions) -> Result<Outcome, String> {
     let (before, after, changes, seconds, recv_seconds, report, s0, s1) = result?;
     let rate = changes / seconds;
     let recv_rate = changes / recv_seconds;
-    outcome.figures.insert("claims_streamed", report.claims as f64);
+    outcome
+        .figures
+        .insert("claims_streamed", report.claims as f64);
     outcome.figures.insert("changes", changes);
     outcome
         .figures
         .insert("generator_commit_seconds", report.stream_seconds);
-    outcome
-        .figures
-        .insert("end_to_end_changes_per_s", rate);
+    outcome.figures.insert("end_to_end_changes_per_s", rate);
     outcome
         .figures
         .insert("raw_pg_recvlogical_changes_per_s", recv_rate);
@@ -478,15 +493,22 @@ async fn streaming(options: &BenchOptions) -> Result<Outcome, String> {
         (s1.cpu_seconds - s0.cpu_seconds) / changes.max(1.0) * 1e6,
     );
     outcome.stages = stages(&before, &after);
-    outcome.goal("≥ 50k changes/s from WAL to the hot store", rate >= 50_000.0);
-    outcome.goal("≥ 0.7 of pg_recvlogical's decoding rate", rate / recv_rate >= 0.7);
+    outcome.goal(
+        "≥ 50k changes/s from WAL to the hot store",
+        rate >= 50_000.0,
+    );
+    outcome.goal(
+        "≥ 0.7 of pg_recvlogical's decoding rate",
+        rate / recv_rate >= 0.7,
+    );
     outcome.goal("peak RSS < 512 MiB", peak < 512.0);
     // The stage with the least capacity per busy second limits the rest; when the
     // generator's commit rate is below every stage's capacity, the source side is.
     let slowest = outcome
         .stages
         .iter()
-        .filter(|s| s.busy_seconds > 0.0)
+        // Stages that saw only a trickle (the warm tier of new claims) limit nothing.
+        .filter(|s| s.busy_seconds > 0.0 && s.events >= changes * 0.05)
         .min_by(|a, b| a.capacity_per_second.total_cmp(&b.capacity_per_second));
     outcome.bottleneck = Some(match slowest {
         Some(s) if s.capacity_per_second < rate * 1.5 => format!(
@@ -506,7 +528,12 @@ async fn latency(options: &BenchOptions) -> Result<Outcome, String> {
     let name = run_name("latency");
     let url = fresh_db(options, &name).await?;
     let backfill_claims = (options.claims / 10).max(1_000);
-    generate(&url, &generator_config(backfill_claims, 0, None), Start::Fresh).await?;
+    generate(
+        &url,
+        &generator_config(backfill_claims, 0, None),
+        Start::Fresh,
+    )
+    .await?;
     let mut deployment = Deployment::start(options, &name, &url).await?;
     let result = async {
         deployment.wait_idle(Duration::from_secs(3600)).await?;
