@@ -25,7 +25,6 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 use strata_connectors::postgres::snapshot_state::{Progress, SnapshotState};
 use strata_connectors::postgres::source::{self, SourceContext};
@@ -107,24 +106,9 @@ async fn wal_end(conn: &mut PgConnection) -> String {
 
 /// Seconds `pg_recvlogical` takes to decode `slot` up to `end` into /dev/null.
 fn recvlogical(url: &str, slot: &str, end: &str) -> f64 {
-    let options: PgConnectOptions = url.parse().expect("url");
-    let bin = format!(
-        "{}/pg_recvlogical",
-        support::env("PG_BIN", "/usr/lib/postgresql/15/bin")
-    );
-    let started = Instant::now();
-    let status = std::process::Command::new(&bin)
-        .args(["-h", options.get_host(), "-p"])
-        .arg(options.get_port().to_string())
-        .args(["-U", options.get_username(), "-d"])
-        .arg(options.get_database().unwrap_or("postgres"))
-        .args(["--slot", slot, "--start", "--no-loop", "--endpos", end])
-        .args(["-o", "proto_version=1", "-o", "publication_names=bench_pub"])
-        .args(["-f", "/dev/null"])
-        .status()
-        .unwrap_or_else(|e| panic!("{bin}: {e}"));
-    assert!(status.success(), "pg_recvlogical failed: {status}");
-    started.elapsed().as_secs_f64()
+    let bin = support::env("PG_BIN", "/usr/lib/postgresql/15/bin");
+    strata::bench::recvlogical(std::path::Path::new(&bin), url, slot, "bench_pub", end)
+        .expect("pg_recvlogical decodes the slot")
 }
 
 struct Source {

@@ -1,5 +1,6 @@
-//! The `strata` binary's own parts: the component registration point and the schema
-//! registry server. Everything else lives in `strata-pipeline` and `strata-connectors`.
+//! The `strata` binary's own parts: the component registration point, the schema registry
+//! server and the `bench` scenarios. Everything else lives in `strata-pipeline` and
+//! `strata-connectors`.
 
 pub mod bench;
 pub mod components;

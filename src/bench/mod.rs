@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use probe::recvlogical;
 pub use scenarios::Scenario;
 
 /// What a run measures and against which services.

@@ -79,7 +79,8 @@ pub struct ProcessorEnv {
 }
 
 /// Partitions revoked since the loop last looked; their state must be caught up again
-/// before they are processed (another instance may have advanced it meanwhile).
+/// before they are processed (another instance may have advanced it meanwhile). Also
+/// exports the consumer's lag from librdkafka's statistics.
 struct RebalanceTracker {
     revoked: Mutex<Vec<i32>>,
     lag: crate::kafka::lag::LagReporter,
