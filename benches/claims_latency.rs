@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use apache_avro::types::Value;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, PgConnection};
 use strata_pipeline::avro::Codec;
 use strata_pipeline::kafka::client_config;
 use strata_pipeline::runtime::processor::record_field;
@@ -61,22 +61,9 @@ async fn fresh_db(name: &str) -> String {
         "STRATA_PG_ADMIN_URL",
         "postgres://postgres@127.0.0.1:15432/postgres",
     );
-    let mut c = PgConnection::connect(&admin)
+    strata::bench::fresh_db(&admin, name)
         .await
-        .expect("is PostgreSQL up? (scripts/services.sh start)");
-    c.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await
-        .expect("drop the bench database");
-    c.execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .expect("create the bench database");
-    // One transaction per claim: with a WAL flush per commit this machine's disk, not
-    // the pipeline, would cap the rate. Visibility and order are unchanged.
-    c.execute(format!("ALTER DATABASE {name} SET synchronous_commit = off").as_str())
-        .await
-        .expect("configure the bench database");
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-    format!("{base}/{name}")
+        .unwrap_or_else(|e| panic!("{e}; is PostgreSQL up? (scripts/services.sh start)"))
 }
 
 fn generate(url: &str, extra: &[&str], log: &Path) -> Command {

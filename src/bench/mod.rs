@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use probe::recvlogical;
-pub use scenarios::Scenario;
+pub use scenarios::{fresh_db, Scenario};
 
 /// What a run measures and against which services.
 #[derive(Debug, Clone)]

@@ -155,9 +155,10 @@ async fn connect(url: &str) -> Result<PgConnection, String> {
         .map_err(|e| format!("connecting to {url}: {e}"))
 }
 
-/// A fresh database `name` on the services' PostgreSQL; its URL.
-async fn fresh_db(options: &BenchOptions, name: &str) -> Result<String, String> {
-    let mut admin = connect(&options.pg_admin_url).await?;
+/// A fresh database `name` on the server of `admin_url`, committing without waiting for
+/// the WAL flush; its URL.
+pub async fn fresh_db(admin_url: &str, name: &str) -> Result<String, String> {
+    let mut admin = connect(admin_url).await?;
     for sql in [
         format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
         format!("CREATE DATABASE {name}"),
@@ -170,10 +171,7 @@ async fn fresh_db(options: &BenchOptions, name: &str) -> Result<String, String> 
             .await
             .map_err(|e| format!("{sql}: {e}"))?;
     }
-    let base = options
-        .pg_admin_url
-        .rsplit_once('/')
-        .map_or(options.pg_admin_url.as_str(), |(b, _)| b);
+    let base = admin_url.rsplit_once('/').map_or(admin_url, |(b, _)| b);
     Ok(format!("{base}/{name}"))
 }
 
@@ -347,7 +345,7 @@ fn run_name(scenario: &str) -> String {
 async fn snapshot(options: &BenchOptions) -> Result<Outcome, String> {
     let mut outcome = Outcome::new("snapshot");
     let name = run_name("snapshot");
-    let url = fresh_db(options, &name).await?;
+    let url = fresh_db(&options.pg_admin_url, &name).await?;
     let config = generator_config(options.claims, 0, None);
     let backfill = generate(&url, &config, Start::Fresh).await?;
     let rows = captured_rows(&url).await?;
@@ -418,7 +416,7 @@ fn stages(before: &Scrape, after: &Scrape) -> Vec<Stage> {
 async fn streaming(options: &BenchOptions) -> Result<Outcome, String> {
     let mut outcome = Outcome::new("streaming");
     let name = run_name("streaming");
-    let url = fresh_db(options, &name).await?;
+    let url = fresh_db(&options.pg_admin_url, &name).await?;
     let backfill_claims = (options.claims / 10).max(1_000);
     let config = generator_config(backfill_claims, 0, None);
     generate(&url, &config, Start::Fresh).await?;
@@ -526,7 +524,7 @@ async fn streaming(options: &BenchOptions) -> Result<Outcome, String> {
 async fn latency(options: &BenchOptions) -> Result<Outcome, String> {
     let mut outcome = Outcome::new("latency");
     let name = run_name("latency");
-    let url = fresh_db(options, &name).await?;
+    let url = fresh_db(&options.pg_admin_url, &name).await?;
     let backfill_claims = (options.claims / 10).max(1_000);
     generate(
         &url,

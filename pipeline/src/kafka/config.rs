@@ -39,10 +39,19 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
 /// has records, and each stage of a pipeline would add that to the latency.
 pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = client_config(settings);
-    for (key, value) in [("fetch.wait.max.ms", "10")] {
-        if !settings.properties.contains_key(key) {
-            config.set(key, value);
+    set_defaults(&mut config, settings, &[("fetch.wait.max.ms", "10")]);
+    config
+}
+
+/// Sets each (key, value) that `kafka.properties` does not set itself.
+pub(super) fn set_defaults(
+    config: &mut ClientConfig,
+    settings: &KafkaSettings,
+    defaults: &[(&str, &str)],
+) {
+    for (key, value) in defaults {
+        if !settings.properties.contains_key(*key) {
+            config.set(*key, *value);
         }
     }
-    config
 }

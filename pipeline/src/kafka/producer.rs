@@ -3,6 +3,7 @@
 
 use rdkafka::producer::FutureProducer;
 
+use super::config::set_defaults;
 use super::{client_config, KafkaError};
 use crate::topology::KafkaSettings;
 
@@ -11,16 +12,15 @@ pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> 
     config
         .set("enable.idempotence", "true")
         .set("acks", &settings.acks);
-    // Defaults that `kafka.properties` may override.
-    for (key, value) in [
-        ("linger.ms", "5"),
-        ("compression.type", "lz4"),
-        ("message.timeout.ms", "300000"),
-    ] {
-        if !settings.properties.contains_key(key) {
-            config.set(key, value);
-        }
-    }
+    set_defaults(
+        &mut config,
+        settings,
+        &[
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+            ("message.timeout.ms", "300000"),
+        ],
+    );
     config.create().map_err(|source| KafkaError::Client {
         brokers: settings.bootstrap_servers.clone(),
         source,
