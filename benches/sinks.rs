@@ -279,6 +279,7 @@ async fn main() {
         dead_letter: format!("{run}.dead-letter"),
         max_rows: batch,
         max_wait: Duration::from_millis(200),
+        window: None,
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(run_sink(

@@ -37,6 +37,55 @@ pub fn catalog() -> Catalog {
         .with(strata_connectors::sinks::cold::kind())
 }
 
+/// Points sink `component` at its replay tables: PostgreSQL stores write to schema
+/// `<schema>_replay_<name>` (created by their migrations), archives under
+/// `<path>/replay-<name>`, and archives evict from the replay schemas.
+pub fn redirect_to_replay_tables(component: &mut Component, name: &str) -> Result<(), String> {
+    let settings = component
+        .settings
+        .as_mapping_mut()
+        .ok_or_else(|| format!("sink `{}` has no settings", component.name))?;
+    let schema = |current: Option<&serde_yaml_ng::Value>, default: &str| {
+        let base = current.and_then(|v| v.as_str()).unwrap_or(default);
+        serde_yaml_ng::Value::from(format!("{base}_replay_{name}"))
+    };
+    match component.kind.as_str() {
+        "hot_store" | "warm_store" => {
+            let default = if component.kind == "hot_store" {
+                HotSinkConfig::DEFAULT_SCHEMA
+            } else {
+                WarmSinkConfig::DEFAULT_SCHEMA
+            };
+            let replay = schema(settings.get("schema"), default);
+            settings.insert("schema".into(), replay);
+        }
+        "cold_archive" => {
+            let path = settings
+                .get("path")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| format!("sink `{}` has no path", component.name))?;
+            let replay = format!("{}/replay-{name}", path.trim_end_matches('/'));
+            settings.insert("path".into(), replay.into());
+            if let Some(targets) = settings
+                .get_mut("evict_from")
+                .and_then(|v| v.as_sequence_mut())
+            {
+                for target in targets.iter_mut().filter_map(|t| t.as_mapping_mut()) {
+                    let replay = schema(target.get("schema"), "warm");
+                    target.insert("schema".into(), replay);
+                }
+            }
+        }
+        other => {
+            return Err(format!(
+                "sink `{}` is a {other}, which has no replay tables; replay into the live stores (--into live)",
+                component.name
+            ))
+        }
+    }
+    Ok(())
+}
+
 /// Starts runnable components; shares one schema cache between them.
 pub struct Components {
     pub codec: Arc<Codec>,

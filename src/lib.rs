@@ -5,3 +5,4 @@
 pub mod bench;
 pub mod components;
 pub mod registry;
+pub mod replay;

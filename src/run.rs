@@ -17,7 +17,8 @@ pub async fn run(topology: Topology, listen: Option<SocketAddr>) -> Result<(), S
     let components = Components {
         codec: Arc::new(codec),
     };
-    runtime::run(topology, listen, &components, shutdown)
+    let metrics = strata_pipeline::ops::metrics::Metrics::new();
+    runtime::run(topology, listen, &components, metrics, shutdown)
         .await
         .map_err(|e| e.to_string())
 }

@@ -180,6 +180,7 @@ impl Fixture {
             changelog_replication_factor: 1,
             max_batch: 7,
             max_batch_wait: Duration::from_millis(10),
+            window: None,
         }
     }
 

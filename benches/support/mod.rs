@@ -2,7 +2,7 @@
 //! keeps a bounded number of records in flight, and a private memory-engine broker.
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -67,54 +67,7 @@ impl Sender {
     }
 }
 
-/// A tansu broker with the memory engine on a free port, for the broker-unbound figure;
-/// killed when dropped.
-pub struct MemoryBroker {
-    child: std::process::Child,
-    address: String,
-}
-
-impl MemoryBroker {
-    pub fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{address}");
-        let child = std::process::Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&address).is_err() {
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Self { child, address })
-    }
-
-    pub fn settings(&self) -> KafkaSettings {
-        serde_yaml_ng::from_str(&format!("{{bootstrap_servers: '{}'}}", self.address))
-            .expect("kafka settings")
-    }
-}
-
-impl Drop for MemoryBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "../../tests/support/broker.rs"]
+mod broker;
+#[allow(unused_imports)] // not every bench starts one
+pub use broker::MemoryBroker;

@@ -1,6 +1,9 @@
 //! Shared test helpers: service addresses and waiting for conditions with a deadline.
 #![allow(dead_code)]
 
+pub mod broker;
+pub mod stores;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;

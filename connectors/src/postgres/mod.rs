@@ -9,6 +9,7 @@ pub mod pgoutput;
 pub mod position;
 pub mod prerequisites;
 pub mod relations;
+mod slot_metrics;
 pub mod snapshot_state;
 pub mod source;
 pub mod values;

@@ -448,6 +448,13 @@ async fn run_once(
     let _heartbeat = config
         .heartbeat_interval
         .map(|every| Heartbeat::start(options.clone(), every.0));
+    let _slot_metrics = super::slot_metrics::SlotMetrics::start(
+        options.clone(),
+        config.slot.clone(),
+        ctx.component.clone(),
+        ctx.metrics.clone(),
+        Duration::from_secs(5),
+    );
     stream(&mut client, &mut emitter, shutdown).await?;
     emitter.drain().await?;
     if let Some(lsn) = emitter.tracker.confirmed() {

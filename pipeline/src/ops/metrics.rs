@@ -17,12 +17,25 @@ pub struct Metrics {
     pub processing_seconds: HistogramVec,
     pub consumer_lag: IntGaugeVec,
     pub replication_lag_bytes: IntGaugeVec,
+    pub slot_retained_wal_bytes: IntGaugeVec,
     pub restore_progress: IntGaugeVec,
     pub snapshot_rows: IntGaugeVec,
     pub snapshot_rows_estimated: IntGaugeVec,
     pub sink_write_seconds: HistogramVec,
     pub sink_batch_rows: HistogramVec,
     pub up: IntGaugeVec,
+    pub replay_events: IntGaugeVec,
+    /// Every series name defined here (with the `strata_` prefix), for checking
+    /// dashboards and alert rules against.
+    names: Vec<(String, Kind)>,
+}
+
+/// The Prometheus type of a metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
 }
 
 impl Default for Metrics {
@@ -35,7 +48,11 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("strata".into()), None)
             .expect("static prefix is a valid metric name");
+        let names = std::cell::RefCell::new(Vec::new());
+        let define =
+            |name: &str, kind: Kind| names.borrow_mut().push((format!("strata_{name}"), kind));
         let counter = |name: &str, help: &str| {
+            define(name, Kind::Counter);
             let c = IntCounterVec::new(Opts::new(name, help), &["component"])
                 .expect("static metric definition");
             registry
@@ -44,6 +61,7 @@ impl Metrics {
             c
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
+            define(name, Kind::Gauge);
             let g =
                 IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
             registry
@@ -52,6 +70,7 @@ impl Metrics {
             g
         };
         let histogram = |name: &str, help: &str| {
+            define(name, Kind::Histogram);
             let buckets = prometheus::exponential_buckets(0.0001, 2.0, 18).expect("static buckets");
             let h = HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(buckets),
@@ -82,7 +101,12 @@ impl Metrics {
             ),
             replication_lag_bytes: gauge(
                 "replication_lag_bytes",
-                "WAL bytes retained by a replication slot",
+                "WAL bytes written since a replication slot's confirmed flush position",
+                &["component", "slot"],
+            ),
+            slot_retained_wal_bytes: gauge(
+                "slot_retained_wal_bytes",
+                "WAL bytes the server retains for a replication slot (from its restart position)",
                 &["component", "slot"],
             ),
             restore_progress: gauge(
@@ -105,6 +129,7 @@ impl Metrics {
                 "Time to write one batch into a store",
             ),
             sink_batch_rows: {
+                define("sink_batch_rows", Kind::Histogram);
                 let buckets = prometheus::exponential_buckets(1.0, 4.0, 9).expect("static buckets");
                 let h = HistogramVec::new(
                     HistogramOpts::new(
@@ -125,8 +150,29 @@ impl Metrics {
                 "1 when a component is running",
                 &["component"],
             ),
+            replay_events: gauge(
+                "replay_events",
+                "Input events of a replay: done, or remaining (including those between stages)",
+                &["replay", "state"],
+            ),
             registry,
+            names: names.into_inner(),
         }
+    }
+
+    /// Names of the series this process can export: counters and gauges by their name,
+    /// histograms also as `_bucket`, `_sum` and `_count`.
+    pub fn series_names(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, kind) in &self.names {
+            out.push(name.clone());
+            if *kind == Kind::Histogram {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    out.push(format!("{name}{suffix}"));
+                }
+            }
+        }
+        out
     }
 
     pub fn registry(&self) -> &Registry {

@@ -9,6 +9,7 @@ pub mod processor;
 pub mod sink;
 pub mod source;
 pub mod stream;
+pub mod window;
 
 pub use processor::{
     Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection, Timer,
@@ -16,6 +17,7 @@ pub use processor::{
 pub use sink::{run_sink, Rejected, Sink, SinkError, SinkRecord, SinkSpec};
 pub use source::{Source, SourceFailure};
 pub use stream::{run_processor, ProcessorEnv, ProcessorSpec};
+pub use window::{InputWindow, PartitionBounds};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +58,8 @@ pub enum RunError {
         at: i64,
         end: i64,
     },
+    #[error("components still busy {0:?} after SIGTERM; stopped without waiting longer (raise `shutdown.drain_timeout`); the next start redoes their unfinished batches")]
+    DrainTimeout(std::time::Duration),
     #[error("processor `{component}` wrote to port `{port}`, which it does not declare")]
     UnknownPort { component: String, port: String },
 }
@@ -98,8 +102,8 @@ pub trait Starter {
 }
 
 /// Where processor `component` reads, writes and keeps its state, by the naming rules
-/// of the topology: group `strata.<region>.<name>`, changelog `<region>.<name>.changelog`,
-/// state under `<state.dir>/<name>`.
+/// of the topology: group `strata.<scope>.<name>`, changelog `<scope>.<name>.changelog`,
+/// state under `<state.dir>/<name>` (the scope is the region, see [`Topology::scope`]).
 pub fn processor_spec(
     topology: &Topology,
     component: &Component,
@@ -119,7 +123,7 @@ pub fn processor_spec(
         group_id: group_id(topology, component),
         inputs,
         outputs,
-        changelog: format!("{}.{}.changelog", topology.region, component.name),
+        changelog: format!("{}.{}.changelog", topology.scope(), component.name),
         dead_letter: topology.dead_letter_topic(),
         state_dir: topology.state.dir.join(&component.name),
         state_cache_bytes: topology.state.cache_size.0 as usize,
@@ -127,10 +131,11 @@ pub fn processor_spec(
         changelog_replication_factor: topology.state.changelog_replication_factor,
         max_batch: topology.state.batch_max_records.max(1),
         max_batch_wait: topology.state.batch_max_wait.0,
+        window: topology.replay.as_ref().map(|r| r.window.clone()),
     }
 }
 
-/// Where sink `component` reads: group `strata.<region>.<name>`, batches of at most
+/// Where sink `component` reads: group `strata.<scope>.<name>`, batches of at most
 /// `max_rows` records gathered for at most `max_wait`.
 pub fn sink_spec(
     topology: &Topology,
@@ -146,15 +151,21 @@ pub fn sink_spec(
         dead_letter: topology.dead_letter_topic(),
         max_rows,
         max_wait,
+        window: topology.replay.as_ref().map(|r| r.window.clone()),
     }
 }
 
-fn group_id(topology: &Topology, component: &Component) -> String {
-    format!("strata.{}.{}", topology.region, component.name)
+/// The consumer group of a processor or sink.
+pub fn group_id(topology: &Topology, component: &Component) -> String {
+    format!("strata.{}.{}", topology.scope(), component.name)
 }
 
 /// The Kafka topics behind a component's inputs.
-fn input_topics(topology: &Topology, component: &Component, starter: &dyn Starter) -> Vec<String> {
+pub fn input_topics(
+    topology: &Topology,
+    component: &Component,
+    starter: &dyn Starter,
+) -> Vec<String> {
     let mut inputs = Vec::new();
     for input in &component.inputs {
         match input {
@@ -194,13 +205,15 @@ pub fn output_topics(topology: &Topology) -> Vec<TopicSpec> {
     topics
 }
 
+/// Runs `topology` until `shutdown`, with its series in `metrics`. A replay's topology
+/// runs without its sources: their topics are its inputs.
 pub async fn run(
     topology: Topology,
     listen: SocketAddr,
     starter: &dyn Starter,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let state = OpsState {
         metrics: metrics.clone(),
@@ -214,7 +227,7 @@ pub async fn run(
     for c in topology
         .components
         .iter()
-        .filter(|c| c.role == Role::Source)
+        .filter(|c| c.role == Role::Source && topology.replay.is_none())
     {
         topics.extend(
             starter
@@ -233,7 +246,12 @@ pub async fn run(
         _ = shutdown.cancelled() => {}
     }
     let mut tasks = tokio::task::JoinSet::new();
-    for c in &topology.components {
+    let replay = topology.replay.is_some();
+    for c in topology
+        .components
+        .iter()
+        .filter(|c| !(replay && c.role == Role::Source))
+    {
         match starter.start(&topology, c, &metrics, shutdown.clone()) {
             Some(task) => {
                 metrics.up.with_label_values(&[c.name.as_str()]).set(1);
@@ -269,10 +287,20 @@ pub async fn run(
             Some(joined) = tasks.join_next() => record(joined),
         }
     }
-    while let Some(joined) = tasks.join_next().await {
-        record(joined);
+    let drain_timeout = topology.shutdown.drain_timeout.0;
+    let drained = tokio::time::timeout(drain_timeout, async {
+        while let Some(joined) = tasks.join_next().await {
+            record(joined);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tasks.abort_all();
+        tracing::error!(?drain_timeout, "drain deadline passed; stopping anyway");
+        failure.get_or_insert(RunError::DrainTimeout(drain_timeout));
+    } else {
+        tracing::info!("drained; stopping");
     }
-    tracing::info!("drained; stopping");
     match server.await {
         Ok(result) => result?,
         Err(e) => tracing::warn!(error = %e, "metrics server task ended abnormally"),

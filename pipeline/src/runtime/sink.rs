@@ -85,6 +85,8 @@ pub struct SinkSpec {
     pub dead_letter: String,
     pub max_rows: usize,
     pub max_wait: Duration,
+    /// A replay's slice of its external inputs; `None` writes every record.
+    pub window: Option<std::sync::Arc<super::InputWindow>>,
 }
 
 /// Runs `sink` until `shutdown`; the batch in hand is finished first.
@@ -221,7 +223,13 @@ impl BatchIo<'_> {
         let spec = self.spec;
         let mut records = Vec::with_capacity(messages.len());
         let mut undecodable = Vec::new();
-        for m in messages {
+        let admitted = messages.iter().filter(|m| {
+            spec.window.as_ref().is_none_or(|w| {
+                let ts = m.timestamp().to_millis().unwrap_or(0);
+                w.admits(m.topic(), m.partition(), m.offset(), ts)
+            })
+        });
+        for m in admitted {
             match (
                 decode(self.codec, m.key()).await,
                 decode(self.codec, m.payload()).await,

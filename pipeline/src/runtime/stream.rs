@@ -68,6 +68,8 @@ pub struct ProcessorSpec {
     pub max_batch: usize,
     /// Longest wait for a batch to fill once its first record is there.
     pub max_batch_wait: Duration,
+    /// A replay's slice of its external inputs; `None` applies every record.
+    pub window: Option<Arc<super::InputWindow>>,
 }
 
 /// Shared services of the deployment.
@@ -419,6 +421,12 @@ impl Loop {
             if offset < applied {
                 continue; // applied before a restart; its effects are already in state
             }
+            let timestamp_ms = message.timestamp().to_millis().unwrap_or(0);
+            if let Some(window) = &self.spec.window {
+                if !window.admits(&topic, p, offset, timestamp_ms) {
+                    continue; // outside the replay's slice of history
+                }
+            }
             in_counter.inc();
             pending.overlay.insert(
                 (PROGRESS.into(), partition_key(p, &offset_key(&topic))),
@@ -442,7 +450,7 @@ impl Loop {
                 topic: &topic,
                 partition: p,
                 offset,
-                timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+                timestamp_ms,
                 key: key.as_ref().map(|(_, v)| v),
                 key_schema_id: key.as_ref().map(|(id, _)| *id),
                 value: value.as_ref().map(|(_, v)| v),

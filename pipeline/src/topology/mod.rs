@@ -18,8 +18,9 @@ mod validate;
 pub use catalog::{parse_settings, Catalog, ComponentKind, Ports, Role, SettingsError, TypedKind};
 pub use diagnostics::{Diagnostic, DiagnosticKind, Diagnostics, Location};
 pub use model::{
-    Component, Input, KafkaSettings, ObservabilitySettings, RegistrySettings, StateSettings,
-    TopicSettings, Topology, DEFAULT_BATCH_WAIT_MS, FORMAT_VERSION,
+    Component, Input, KafkaSettings, ObservabilitySettings, RegistrySettings, ReplayScope,
+    ShutdownSettings, StateSettings, TopicSettings, Topology, DEFAULT_BATCH_WAIT_MS,
+    FORMAT_VERSION,
 };
 
 use std::path::Path;

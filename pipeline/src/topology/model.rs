@@ -22,8 +22,20 @@ pub struct Topology {
     pub state: StateSettings,
     pub topics: TopicSettings,
     pub observability: ObservabilitySettings,
+    pub shutdown: ShutdownSettings,
     /// Components in file order: sources, then processors, then sinks.
     pub components: Vec<Component>,
+    /// Set when this topology runs as a replay (`strata replay`), never from the file.
+    pub replay: Option<ReplayScope>,
+}
+
+/// What makes a replay's run separate from the live deployment of the same file: its
+/// topics, consumer groups and changelogs are named under `<region>.replay-<name>`, its
+/// sources do not run, and its external inputs are read through `window`.
+#[derive(Debug, Clone)]
+pub struct ReplayScope {
+    pub name: String,
+    pub window: std::sync::Arc<crate::runtime::InputWindow>,
 }
 
 impl Topology {
@@ -31,19 +43,28 @@ impl Topology {
         self.components.iter().find(|c| c.name == name)
     }
 
-    /// The dead-letter topic of this region.
+    /// The prefix of every topic, consumer group and changelog this run owns: the
+    /// region, or `<region>.replay-<name>` for a replay.
+    pub fn scope(&self) -> String {
+        match &self.replay {
+            Some(replay) => format!("{}.replay-{}", self.region, replay.name),
+            None => self.region.clone(),
+        }
+    }
+
+    /// The dead-letter topic of this region (a replay always has its own).
     pub fn dead_letter_topic(&self) -> String {
-        self.topics
-            .dead_letter
-            .clone()
-            .unwrap_or_else(|| format!("{}.dead-letter", self.region))
+        match (&self.topics.dead_letter, &self.replay) {
+            (Some(topic), None) => topic.clone(),
+            _ => format!("{}.dead-letter", self.scope()),
+        }
     }
 
     /// The topic a component's output (default or named port) is written to.
     pub fn output_topic(&self, component: &str, port: Option<&str>) -> String {
         match port {
-            Some(port) => format!("{}.{component}.{port}", self.region),
-            None => format!("{}.{component}", self.region),
+            Some(port) => format!("{}.{component}.{port}", self.scope()),
+            None => format!("{}.{component}", self.scope()),
         }
     }
 }
@@ -202,6 +223,28 @@ pub struct TopicSettings {
 
 fn default_partitions() -> i32 {
     4
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// How long SIGTERM may take: components stop reading, finish and commit their batch
+    /// in hand, and the process exits 0. Past this it exits 1 without waiting further;
+    /// the next start resumes from the last commit, so only the unfinished batch is redone.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration(std::time::Duration::from_secs(30))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

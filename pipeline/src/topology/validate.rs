@@ -19,6 +19,7 @@ const TOP_LEVEL: &[&str] = &[
     "state",
     "topics",
     "observability",
+    "shutdown",
     "sources",
     "processors",
     "sinks",
@@ -65,6 +66,7 @@ pub fn check(doc: &Value, catalog: &Catalog) -> Result<Topology, Vec<Diagnostic>
     let state = section::<StateSettings>(map, "state", true, &mut errors);
     let topics = section::<TopicSettings>(map, "topics", false, &mut errors);
     let observability = section::<ObservabilitySettings>(map, "observability", false, &mut errors);
+    let shutdown = section::<ShutdownSettings>(map, "shutdown", false, &mut errors);
     if let Some(state) = &state {
         check_store(state, &mut errors);
     }
@@ -88,7 +90,9 @@ pub fn check(doc: &Value, catalog: &Catalog) -> Result<Topology, Vec<Diagnostic>
         state,
         topics: topics.unwrap_or_default(),
         observability: observability.unwrap_or_default(),
+        shutdown: shutdown.unwrap_or_default(),
         components,
+        replay: None,
     };
     check_topic_names(&topology, &mut errors);
     if errors.is_empty() {

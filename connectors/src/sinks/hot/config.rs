@@ -16,10 +16,13 @@ pub struct HotSinkConfig {
 }
 
 fn default_schema() -> String {
-    "hot".into()
+    HotSinkConfig::DEFAULT_SCHEMA.into()
 }
 
 impl HotSinkConfig {
+    /// The schema of the tables when the topology names none.
+    pub const DEFAULT_SCHEMA: &'static str = "hot";
+
     pub fn check(&self) -> Vec<SettingsError> {
         let mut errors: Vec<_> = self
             .connection

@@ -26,13 +26,16 @@ pub struct WarmSinkConfig {
 }
 
 fn default_schema() -> String {
-    "warm".into()
+    WarmSinkConfig::DEFAULT_SCHEMA.into()
 }
 fn default_ahead() -> u32 {
     3
 }
 
 impl WarmSinkConfig {
+    /// The schema of the tables when the topology names none.
+    pub const DEFAULT_SCHEMA: &'static str = "warm";
+
     pub fn check(&self) -> Vec<SettingsError> {
         let mut errors: Vec<_> = self
             .connection
