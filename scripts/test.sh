@@ -15,5 +15,8 @@ cargo build "${BUILD_FLAGS[@]}"
 log "validating topologies/*.yaml"
 "$CARGO_TARGET_DIR/debug/strata" validate topologies/*.yaml
 
+log "checking docker/compose.yaml (the compose client parses it; no engine needed)"
+docker-compose -f docker/compose.yaml config -q
+
 log "running the tests"
 cargo test "${BUILD_FLAGS[@]}" "$@"

@@ -159,6 +159,10 @@ struct ReplayArgs {
     /// Names the replay's topics (`<region>.replay-<name>.*`), groups, state and tables.
     #[arg(long)]
     name: String,
+    /// Start at this processor: earlier stages are not run and their live output topics
+    /// are read instead, in the order they hold (default: every stage, from the sources).
+    #[arg(long)]
+    stage: Option<String>,
     /// Where to start: an RFC 3339 time (record time), or `topic:partition:offset` for
     /// each partition to start elsewhere than its earliest record.
     #[arg(long, required = true, num_args = 1..)]
@@ -181,6 +185,7 @@ struct ReplayArgs {
 async fn run_replay(topology: topology::Topology, args: ReplayArgs) -> Result<(), String> {
     let request = replay::ReplayRequest {
         name: args.name,
+        stage: args.stage,
         from: args.from,
         to: args.to,
         into: args.into,

@@ -161,8 +161,12 @@ async fn replay_reproduces_live_results_and_applies_new_settings() {
     let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/quickstart.yaml");
     let from = before_any_event.to_rfc3339();
 
-    // 1. The same events, the same settings: the same rows.
-    let same = deployment.replay(&quickstart, &["--name", "same", "--from", &from]);
+    // 1. The same events, the same settings: the same rows. The replay starts at the
+    //    analysis stage and reads the live assembly topic, in the order it holds.
+    let same = deployment.replay(
+        &quickstart,
+        &["--name", "same", "--stage", "analysis", "--from", &from],
+    );
     assert!(
         same.status.success(),
         "replay failed: {}\n{}",
@@ -197,8 +201,9 @@ async fn replay_reproduces_live_results_and_applies_new_settings() {
         "cold archive"
     );
 
-    // 2. Another review threshold: the replay routes by it; the live deployment keeps
-    //    running and takes a change made meanwhile, which the replay's window excludes.
+    // 2. Another review threshold, every stage replayed from the source topics: the
+    //    replay routes by the new thresholds; the live deployment keeps running and takes
+    //    a change made meanwhile, which the replay's window excludes.
     let changed = dir.path().join("changed.yaml");
     let text = std::fs::read_to_string(&quickstart).unwrap();
     assert!(text.contains("thresholds: { review: 0.3, investigate: 0.7 }"));
@@ -215,6 +220,18 @@ async fn replay_reproduces_live_results_and_applies_new_settings() {
         &["--name", "lower", "--from", &from],
         "replay-lower.log",
     );
+    // The window is fixed once the replay reports its plan.
+    support::wait_for(
+        "the replay plans its window",
+        Duration::from_secs(60),
+        || {
+            let planned = deployment
+                .logs("replay-lower.log")
+                .contains("input events over");
+            async move { planned.then_some(()) }
+        },
+    )
+    .await;
     let hot = claims(&url, "hot").await;
     let updated = *hot.keys().next().expect("hot claims");
     sqlx::query(
@@ -252,13 +269,11 @@ async fn replay_reproduces_live_results_and_applies_new_settings() {
         "the change came after the replay's window"
     );
     let (wrong, changed_routing): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE r.routing <> CASE WHEN l.score >= 0.2 THEN 'INVESTIGATE'
-                                   WHEN l.score >= 0.05 THEN 'REVIEW' ELSE 'AUTO_APPROVE' END),
+        "SELECT count(*) FILTER (WHERE r.routing <> CASE WHEN r.score >= 0.2 THEN 'INVESTIGATE'
+                                   WHEN r.score >= 0.05 THEN 'REVIEW' ELSE 'AUTO_APPROVE' END),
                 count(*) FILTER (WHERE r.routing <> l.routing)
-         FROM hot.claim_analysis l JOIN hot_replay_lower.claim_analysis r USING (claim_id, analysis_id)
-         WHERE l.claim_id <> $1",
+         FROM hot.claim_analysis l JOIN hot_replay_lower.claim_analysis r USING (claim_id)",
     )
-    .bind(updated)
     .fetch_one(&mut db)
     .await
     .unwrap();
@@ -267,11 +282,41 @@ async fn replay_reproduces_live_results_and_applies_new_settings() {
         changed_routing > 0,
         "the new thresholds changed some routing"
     );
+    // The rows themselves, replayed through every stage, are the live ones (but for the
+    // claim changed after the replay's window).
+    for table in ["claims", "claim_lines", "members", "policies", "providers"] {
+        let differing: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM (
+               (SELECT to_jsonb(t) - '_written_at' AS j FROM hot.{table} t
+                EXCEPT SELECT to_jsonb(t) - '_written_at' FROM hot_replay_lower.{table} t)
+               UNION ALL
+               (SELECT to_jsonb(t) - '_written_at' FROM hot_replay_lower.{table} t
+                EXCEPT SELECT to_jsonb(t) - '_written_at' FROM hot.{table} t)
+             ) d WHERE coalesce((j ->> 'claim_id')::bigint, -1) <> $1"
+        ))
+        .bind(updated)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert_eq!(
+            differing, 0,
+            "hot.{table} rows differ between live and replay"
+        );
+    }
 
     // 3. Refused before anything is written.
     let db_name = url.rsplit('/').next().unwrap();
-    let refusals: [(&[&str], &str); 5] = [
-        (&["--name", "same", "--from", &from], "already exists"),
+    let fresh_dir = dir.path().join("fresh-state").display().to_string();
+    let refusals: [(&[&str], &str); 7] = [
+        (&["--name", "same", "--from", &from], "already in use"),
+        (
+            &["--name", "same", "--from", &from, "--state-dir", &fresh_dir],
+            "already exists",
+        ),
+        (
+            &["--name", "x0", "--from", &from, "--stage", "nosuch"],
+            "not a processor",
+        ),
         (&["--name", "x1", "--from", "yesterday"], "RFC 3339"),
         (
             &["--name", "x2", "--from", "nosuch.topic:0:0"],

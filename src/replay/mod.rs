@@ -93,6 +93,13 @@ pub enum ReplayError {
     StateDirIsLive { dir: PathBuf, live: PathBuf },
     #[error("state directory {0} is already in use (not empty); give a new one with --state-dir")]
     StateDirInUse(PathBuf),
+    #[error(
+        "--stage `{stage}` is not a processor of this topology; its processors are {processors:?}"
+    )]
+    UnknownStage {
+        stage: String,
+        processors: Vec<String>,
+    },
     #[error("cannot use --into tables: {0}")]
     Redirect(String),
     #[error("Kafka failed while {what}: {source}; is the broker running?")]
@@ -122,6 +129,9 @@ pub enum Into {
 
 pub struct ReplayRequest {
     pub name: String,
+    /// The processor to start at: stages before it are not run, and their live output
+    /// topics are read instead (default: every stage, from the sources' topics).
+    pub stage: Option<String>,
     pub from: Vec<String>,
     pub to: Vec<String>,
     pub into: Into,
@@ -174,7 +184,12 @@ pub async fn replay(live: Topology, request: ReplayRequest) -> Result<Summary, R
             components::redirect_to_replay_tables(c, name).map_err(ReplayError::Redirect)?;
         }
     }
-    let external = external_inputs(&live, &starter);
+    topology.replay = Some(ReplayScope {
+        name: name.clone(),
+        window: Arc::default(),
+        skipped: skipped_components(&topology, request.stage.as_deref())?,
+    });
+    let external = external_inputs(&topology, &starter);
     let kafka_config = strata_pipeline::kafka::client_config(&live.kafka);
     let broker = Broker::connect(&kafka_config)?;
     let window = {
@@ -182,10 +197,9 @@ pub async fn replay(live: Topology, request: ReplayRequest) -> Result<Summary, R
         tokio::task::block_in_place(|| plan::window(broker, &external, &from, to.as_ref()))?
     };
     let window = Arc::new(window);
-    topology.replay = Some(ReplayScope {
-        name: name.clone(),
-        window: window.clone(),
-    });
+    if let Some(scope) = topology.replay.as_mut() {
+        scope.window = window.clone();
+    }
     let dead_letter = topology.dead_letter_topic();
     if tokio::task::block_in_place(|| broker.partitions(&dead_letter))?.is_some() {
         return Err(ReplayError::NameTaken {
@@ -197,7 +211,7 @@ pub async fn replay(live: Topology, request: ReplayRequest) -> Result<Summary, R
     let groups: Vec<(String, Vec<String>)> = topology
         .components
         .iter()
-        .filter(|c| c.role != Role::Source)
+        .filter(|c| topology.runs(&c.name))
         .map(|c| {
             (
                 runtime::group_id(&topology, c),
@@ -306,7 +320,65 @@ async fn watch(
     }
 }
 
-/// Topics the topology reads but does not write: its sources' topics and `topic:` inputs.
+/// The components a replay starting at `stage` does not run: the sources, and with a
+/// stage, every component that is not the stage or downstream of it.
+fn skipped_components(
+    topology: &Topology,
+    stage: Option<&str>,
+) -> Result<std::collections::BTreeSet<String>, ReplayError> {
+    use strata_pipeline::topology::Input;
+    let mut runs: std::collections::BTreeSet<String> = match stage {
+        None => topology
+            .components
+            .iter()
+            .filter(|c| c.role != Role::Source)
+            .map(|c| c.name.clone())
+            .collect(),
+        Some(stage) => {
+            if !topology
+                .component(stage)
+                .is_some_and(|c| c.role == Role::Processor)
+            {
+                return Err(ReplayError::UnknownStage {
+                    stage: stage.into(),
+                    processors: topology
+                        .components
+                        .iter()
+                        .filter(|c| c.role == Role::Processor)
+                        .map(|c| c.name.clone())
+                        .collect(),
+                });
+            }
+            [stage.to_string()].into()
+        }
+    };
+    loop {
+        let downstream: Vec<String> = topology
+            .components
+            .iter()
+            .filter(|c| !runs.contains(&c.name))
+            .filter(|c| {
+                c.inputs
+                    .iter()
+                    .any(|i| matches!(i, Input::Component { name, .. } if runs.contains(name)))
+            })
+            .map(|c| c.name.clone())
+            .collect();
+        if downstream.is_empty() {
+            break;
+        }
+        runs.extend(downstream);
+    }
+    Ok(topology
+        .components
+        .iter()
+        .filter(|c| !runs.contains(&c.name))
+        .map(|c| c.name.clone())
+        .collect())
+}
+
+/// Topics the replay reads but does not write: its sources' topics, `topic:` inputs and
+/// the live outputs of stages it skips.
 fn external_inputs(topology: &Topology, starter: &dyn Starter) -> Vec<String> {
     let owned: std::collections::HashSet<String> = runtime::output_topics(topology)
         .into_iter()
@@ -315,7 +387,7 @@ fn external_inputs(topology: &Topology, starter: &dyn Starter) -> Vec<String> {
     let mut topics: Vec<String> = topology
         .components
         .iter()
-        .filter(|c| c.role != Role::Source)
+        .filter(|c| topology.runs(&c.name))
         .flat_map(|c| runtime::input_topics(topology, c, starter))
         .filter(|t| !owned.contains(t))
         .collect();

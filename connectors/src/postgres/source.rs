@@ -332,6 +332,10 @@ async fn run_once(
         .map_err(|e| SourceError::Database(sqlx::Error::Configuration(e.to_string().into())))?;
     let mut conn = PgConnection::connect_with(&options).await?;
     *connected_once = true;
+    ctx.metrics
+        .ready
+        .with_label_values(&[&ctx.component])
+        .set(1);
     let mut slot: Option<(Option<String>, Option<String>)> =
         sqlx::query_as("SELECT confirmed_flush_lsn::text, wal_status FROM pg_replication_slots WHERE slot_name = $1")
             .bind(&config.slot)

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub sink_write_seconds: HistogramVec,
     pub sink_batch_rows: HistogramVec,
     pub up: IntGaugeVec,
+    pub ready: IntGaugeVec,
     pub replay_events: IntGaugeVec,
     /// Every series name defined here (with the `strata_` prefix), for checking
     /// dashboards and alert rules against.
@@ -148,6 +149,11 @@ impl Metrics {
             up: gauge(
                 "component_up",
                 "1 when a component is running",
+                &["component"],
+            ),
+            ready: gauge(
+                "component_ready",
+                "1 once a component is ready: connected, and a processor's assigned partitions restored",
                 &["component"],
             ),
             replay_events: gauge(

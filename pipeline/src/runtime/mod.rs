@@ -195,7 +195,7 @@ pub fn output_topics(topology: &Topology) -> Vec<TopicSpec> {
     for c in topology
         .components
         .iter()
-        .filter(|c| c.role == Role::Processor)
+        .filter(|c| c.role == Role::Processor && topology.runs(&c.name))
     {
         topics.push(spec(topology.output_topic(&c.name, None)));
         for port in &c.ports {
@@ -205,8 +205,31 @@ pub fn output_topics(topology: &Topology) -> Vec<TopicSpec> {
     topics
 }
 
+/// Sets `ready` (what `/ready` answers) once every started component reports itself
+/// ready in `strata_component_ready`.
+async fn mark_ready_when_all_are(
+    components: Vec<String>,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let all_ready = || {
+        components
+            .iter()
+            .all(|c| metrics.ready.with_label_values(&[c.as_str()]).get() == 1)
+    };
+    while !all_ready() {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+    ready.store(true, Ordering::Release);
+    tracing::info!("ready: every component is connected and restored");
+}
+
 /// Runs `topology` until `shutdown`, with its series in `metrics`. A replay's topology
-/// runs without its sources: their topics are its inputs.
+/// runs without its sources (and stages it skips): their topics are its inputs.
 pub async fn run(
     topology: Topology,
     listen: SocketAddr,
@@ -227,7 +250,7 @@ pub async fn run(
     for c in topology
         .components
         .iter()
-        .filter(|c| c.role == Role::Source && topology.replay.is_none())
+        .filter(|c| c.role == Role::Source && topology.runs(&c.name))
     {
         topics.extend(
             starter
@@ -246,15 +269,17 @@ pub async fn run(
         _ = shutdown.cancelled() => {}
     }
     let mut tasks = tokio::task::JoinSet::new();
-    let replay = topology.replay.is_some();
+    let mut started = Vec::new();
     for c in topology
         .components
         .iter()
-        .filter(|c| !(replay && c.role == Role::Source))
+        .filter(|c| topology.runs(&c.name))
     {
         match starter.start(&topology, c, &metrics, shutdown.clone()) {
             Some(task) => {
                 metrics.up.with_label_values(&[c.name.as_str()]).set(1);
+                metrics.ready.with_label_values(&[c.name.as_str()]).set(0);
+                started.push(c.name.clone());
                 let name = c.name.clone();
                 tasks.spawn(async move { (name, task.await) });
             }
@@ -264,7 +289,12 @@ pub async fn run(
             }
         }
     }
-    ready.store(true, Ordering::Release);
+    tokio::spawn(mark_ready_when_all_are(
+        started,
+        metrics.clone(),
+        ready,
+        shutdown.clone(),
+    ));
     tracing::info!(region = %topology.region, "running; SIGTERM or Ctrl-C drains and stops");
 
     // A component that fails stops the whole deployment: its inputs are no longer read,

@@ -137,6 +137,7 @@ pub async fn run_sink(
     while let Err(e) = sink.open().await {
         backoff.after(e).await?;
     }
+    metrics.ready.with_label_values(&[&spec.component]).set(1);
     tracing::info!(component = %spec.component, inputs = ?spec.inputs, "sink started");
 
     // One batch is written while the next is read: at most two batches in memory.

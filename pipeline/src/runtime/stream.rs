@@ -247,11 +247,20 @@ pub async fn run_processor(
 impl Loop {
     async fn run(&mut self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
         let mut watchdog = crate::kafka::rejoin::Watchdog::new(&self.spec.inputs);
+        let ready = self
+            .env
+            .metrics
+            .ready
+            .with_label_values(&[&self.spec.component]);
         loop {
             super::off_async(|| watchdog.check(&self.consumer, &self.spec.component));
+            self.forget_revoked();
+            if self.restore_assigned().await? {
+                ready.set(1);
+            }
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
-                _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 _ = shutdown.cancelled() => break,
             };
             let Some(first) = self.detach(first) else {
@@ -306,6 +315,19 @@ impl Loop {
         for p in revoked {
             self.tasks.remove(&p);
         }
+    }
+
+    /// Restores every assigned partition not restored yet, before its first record
+    /// arrives; true once the consumer has an assignment and all of it is restored.
+    async fn restore_assigned(&mut self) -> Result<bool, RuntimeError> {
+        let assigned: std::collections::BTreeSet<i32> = match self.consumer.assignment() {
+            Ok(list) => list.elements().iter().map(|e| e.partition()).collect(),
+            Err(_) => return Ok(false),
+        };
+        for p in &assigned {
+            self.ensure_task(*p).await?;
+        }
+        Ok(!assigned.is_empty())
     }
 
     /// Catches partition `p` up from its changelog (once per assignment) and loads its progress.

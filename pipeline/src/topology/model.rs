@@ -31,11 +31,14 @@ pub struct Topology {
 
 /// What makes a replay's run separate from the live deployment of the same file: its
 /// topics, consumer groups and changelogs are named under `<region>.replay-<name>`, its
-/// sources do not run, and its external inputs are read through `window`.
+/// sources (and any stages before the one it starts at) do not run, and its external
+/// inputs — what those wrote in the live deployment — are read through `window`.
 #[derive(Debug, Clone)]
 pub struct ReplayScope {
     pub name: String,
     pub window: std::sync::Arc<crate::runtime::InputWindow>,
+    /// Components the replay does not run: their live output topics are its inputs.
+    pub skipped: std::collections::BTreeSet<String>,
 }
 
 impl Topology {
@@ -60,11 +63,24 @@ impl Topology {
         }
     }
 
-    /// The topic a component's output (default or named port) is written to.
+    /// Whether this run starts `component` (a replay skips its sources and the stages
+    /// before the one it starts at).
+    pub fn runs(&self, component: &str) -> bool {
+        self.replay
+            .as_ref()
+            .is_none_or(|r| !r.skipped.contains(component))
+    }
+
+    /// The topic a component's output (default or named port) is written to; for a
+    /// component this run skips, the live deployment's topic.
     pub fn output_topic(&self, component: &str, port: Option<&str>) -> String {
+        let scope = match self.runs(component) {
+            true => self.scope(),
+            false => self.region.clone(),
+        };
         match port {
-            Some(port) => format!("{}.{component}.{port}", self.scope()),
-            None => format!("{}.{component}", self.scope()),
+            Some(port) => format!("{scope}.{component}.{port}"),
+            None => format!("{scope}.{component}"),
         }
     }
 }

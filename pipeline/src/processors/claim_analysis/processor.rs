@@ -67,6 +67,24 @@ struct Claim {
     /// Lines seen so far, by line number.
     #[serde(default)]
     lines: Vec<Line>,
+    /// Changes folded into the claim since its header (each line added, changed or
+    /// removed — also while it waited for coverage — and each later claim of the member
+    /// that revised it): part of the analysis id, so ids of one claim only grow.
+    #[serde(default)]
+    revision: u32,
+}
+
+impl Claim {
+    /// The id of the claim's current analysis: `<claim position>/<claim>/<revision>`.
+    /// Stores keep the analysis with the greatest id, so it must grow with every
+    /// revision whatever order the revising events arrive in: lines of one claim come
+    /// from different partitions of the lines topic and may reach this stage in any
+    /// order, so an id taken from a line's own position would let an earlier revision
+    /// (fewer lines) win over a later one. Counting changes rather than emissions makes
+    /// the last analysis after the same events have the same id in any order.
+    fn analysis_id(&self) -> String {
+        format!("{}/{}/{:08}", self.position, self.claim_id, self.revision)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,6 +186,7 @@ impl ClaimAnalysis {
             key_schema_id: event.key_schema_id.unwrap_or_default(),
             reasons: Vec::new(),
             lines: Vec::new(),
+            revision: 0,
         })
     }
 
@@ -434,11 +453,7 @@ impl ClaimAnalysis {
 
         claim.reasons = reasons;
         ctx.put(CLAIMS, &claim.claim_id.to_be_bytes(), encode_state(&claim));
-        self.emit(
-            ctx,
-            &claim,
-            format!("{}/{}", claim.position, claim.claim_id),
-        );
+        self.emit(ctx, &claim, claim.analysis_id());
 
         // Member velocity: more than the limit within the window flags the whole burst.
         // Claims are indexed by (member, service day), so claims arriving out of date
@@ -489,12 +504,9 @@ impl ClaimAnalysis {
                         near.len()
                     ),
                 ));
+                other.revision += 1;
                 ctx.put(CLAIMS, &id.to_be_bytes(), encode_state(&other));
-                self.emit(
-                    ctx,
-                    &other,
-                    format!("{}/{}", claim.position, other.claim_id),
-                );
+                self.emit(ctx, &other, other.analysis_id());
             }
         }
         Ok(())
@@ -516,10 +528,12 @@ impl ClaimAnalysis {
             )
             .into());
         };
-        let update = |claim: &mut Claim| -> Result<Option<Line>, Rejection> {
-            claim.lines.retain(|l| l.number != line_number);
+        // The line as the claim now has it (`None` once deleted), and whether it changed.
+        let update = |claim: &mut Claim| -> Result<(Option<Line>, bool), Rejection> {
+            let before = claim.lines.iter().position(|l| l.number == line_number);
             if change.op == "d" {
-                return Ok(None);
+                let removed = before.map(|i| claim.lines.remove(i)).is_some();
+                return Ok((None, removed));
             }
             let line = Line {
                 number: line_number,
@@ -530,28 +544,39 @@ impl ClaimAnalysis {
                         Rejection::new("line.missing_field", "claim line lacks charge_amount")
                     })?,
             };
+            if before.is_some_and(|i| claim.lines[i] == line) {
+                return Ok((Some(line), false)); // a redelivered line
+            }
+            claim.lines.retain(|l| l.number != line_number);
             claim.lines.push(line.clone());
             claim.lines.sort_by_key(|l| l.number);
-            Ok(Some(line))
+            Ok((Some(line), true))
         };
         let claim_key = claim_id.to_be_bytes();
         if let Some(mut claim) = ctx
             .get(CLAIMS, &claim_key)?
             .and_then(|b| decode_state::<Claim>(&b))
         {
-            if let Some(line) = update(&mut claim)? {
+            let (line, changed) = update(&mut claim)?;
+            if !changed {
+                return Ok(());
+            }
+            if let Some(line) = line {
                 lines::judge(&self.config, claim.provider, &line, &mut claim.reasons, ctx)?;
             }
             lines::derive(&mut claim.reasons, &claim.lines, claim.billed);
+            claim.revision += 1;
             ctx.put(CLAIMS, &claim_key, encode_state(&claim));
-            self.emit(ctx, &claim, format!("{}/{}", change.position, claim_id));
+            self.emit(ctx, &claim, claim.analysis_id());
             return Ok(());
         }
         // The claim waits for its member's coverage: so does the line, inside it.
         for (key, value) in ctx.scan_prefix(WAITING, &[])? {
             let mut waiting: Vec<Claim> = decode_state(&value).unwrap_or_default();
             if let Some(claim) = waiting.iter_mut().find(|c| c.claim_id == claim_id) {
-                update(claim)?;
+                if update(claim)?.1 {
+                    claim.revision += 1;
+                }
                 ctx.put(WAITING, &key, encode_state(&waiting));
                 return Ok(());
             }

@@ -226,3 +226,43 @@ fn a_provider_over_its_daily_limit_is_flagged_from_the_claim_that_passes_it() {
     }
     assert_eq!(flagged, [false, false, false, true, true]);
 }
+
+fn analysis_id(output: &Output) -> String {
+    match record_field(output.value.as_ref().unwrap(), "analysis_id") {
+        Some(Value::String(id)) => id.clone(),
+        other => panic!("analysis_id: {other:?}"),
+    }
+}
+
+#[test]
+fn analysis_ids_grow_whatever_order_lines_arrive_in() {
+    let mut f = Feeder::new();
+    f.claim(1, 1, 100, 200.0);
+    let line = |number: i64, charge: f64| {
+        vec![
+            ("claim_id", Value::Long(1)),
+            ("line_number", Value::Long(number)),
+            ("procedure_code", Value::String("99213".into())),
+            ("charge_amount", Value::Double(charge)),
+        ]
+    };
+    // Line 2 was committed after line 1 but arrives first (another partition upstream).
+    let second = f
+        .feed(envelope("claim_lines", 1_000, NOW_MS, line(2, 75.0)))
+        .unwrap();
+    let first = f
+        .feed(envelope("claim_lines", 900, NOW_MS, line(1, 125.0)))
+        .unwrap();
+    let (a, b) = (analysis_id(&second[0]), analysis_id(&first[0]));
+    assert!(b > a, "the later revision has the greater id: {a} then {b}");
+    assert!(
+        codes(&first[0]).is_empty(),
+        "both lines counted: {:?}",
+        codes(&first[0])
+    );
+    // The same line again (an upstream redelivery) revises nothing.
+    let again = f
+        .feed(envelope("claim_lines", 900, NOW_MS, line(1, 125.0)))
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+}
