@@ -9,7 +9,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -18,6 +18,7 @@ use rdkafka::{ClientConfig, Message};
 use sqlx::PgConnection;
 use strata_pipeline::ops::shutdown::CancellationToken;
 use support::broker::MemoryBroker;
+use support::KillOnDrop;
 use support::stores::{claims, mismatch};
 
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
@@ -39,7 +40,7 @@ impl Region {
         format!("strata_{}", self.name.replace('-', "_"))
     }
 
-    fn start(&self, home: &std::path::Path, registry: &str) -> Child {
+    fn start(&self, home: &std::path::Path, registry: &str) -> KillOnDrop {
         let listen = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -58,6 +59,7 @@ impl Region {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(home.join(format!("{}.log", self.name))).unwrap())
             .spawn()
+            .map(KillOnDrop)
             .expect("strata starts")
     }
 
@@ -115,13 +117,27 @@ async fn setup(name: &'static str) -> Region {
     }
 }
 
-/// Copies `topic` from one broker to another, partition for partition, until `stop`.
-fn mirror(
+/// Copies `topic` from one broker to another, partition for partition, until `stop`;
+/// creates it on the destination first, as MirrorMaker 2 does.
+async fn mirror(
     topic: String,
     from: &str,
     to: &str,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    let mut admin = ClientConfig::new();
+    admin.set("bootstrap.servers", to);
+    strata_pipeline::kafka::ensure_topics(
+        &admin,
+        &[strata_pipeline::kafka::TopicSpec {
+            name: topic.clone(),
+            partitions: 4,
+            replication_factor: 1,
+            compacted: false,
+        }],
+    )
+    .await
+    .expect("the mirrored topic exists on the destination");
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", from)
         .set("group.id", "mirror")
@@ -181,16 +197,16 @@ async fn regions_run_side_by_side_and_converge_once_mirrored() {
 
     // Each region's stores hold its own source, nothing else.
     for region in [&us, &eu] {
-        let (url, archive) = (region.url.clone(), region.archive(home.path()));
-        support::wait_for(
-            &format!("{} stores match its database", region.name),
-            Duration::from_secs(240),
-            || {
-                let (url, archive) = (url.clone(), archive.clone());
-                async move { mismatch(&url, &archive).await.is_none().then_some(()) }
-            },
-        )
-        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(240);
+        while let Some(problem) = mismatch(&region.url, &region.archive(home.path())).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} stores never matched its database: {problem}\n{}",
+                region.name,
+                logs(region.name)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         assert!(
             home.path().join("state").join(region.name).is_dir(),
             "{} keeps its own state directory",
@@ -252,13 +268,15 @@ async fn regions_run_side_by_side_and_converge_once_mirrored() {
             us.broker.address(),
             eu.broker.address(),
             stop.clone(),
-        ),
+        )
+        .await,
         mirror(
             "eu-west.conflicts".into(),
             eu.broker.address(),
             us.broker.address(),
             stop.clone(),
-        ),
+        )
+        .await,
     ];
     support::wait_for(
         "both regions converge",
@@ -272,7 +290,7 @@ async fn regions_run_side_by_side_and_converge_once_mirrored() {
     .await;
     for (child, name) in children.iter_mut().zip(["us-east", "eu-west"]) {
         assert!(
-            child.try_wait().unwrap().is_none(),
+            child.try_wait().is_none(),
             "{name} still runs:\n{}",
             logs(name)
         );
@@ -282,10 +300,7 @@ async fn regions_run_side_by_side_and_converge_once_mirrored() {
     for m in mirrors {
         let _ = m.await;
     }
-    for mut child in children {
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
+    drop(children);
     for region in [&mut us, &mut eu] {
         sqlx::query("SELECT pg_drop_replication_slot($1)")
             .bind(region.slot())

@@ -7,11 +7,12 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use sqlx::PgConnection;
 use support::stores::{archived_claims, claims, mismatch};
+use support::KillOnDrop;
 
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
@@ -57,13 +58,14 @@ impl Deployment {
         std::fs::read_to_string(self.home.join(name)).unwrap_or_default()
     }
 
-    fn start_replay(&self, topology: &Path, args: &[&str], log: &str) -> Child {
+    fn start_replay(&self, topology: &Path, args: &[&str], log: &str) -> KillOnDrop {
         let mut all = vec!["replay", topology.to_str().unwrap()];
         all.extend_from_slice(args);
         self.command(&all)
             .stdout(self.log(log))
             .stderr(self.log(log))
             .spawn()
+            .map(KillOnDrop)
             .expect("strata replay starts")
     }
 
@@ -96,9 +98,9 @@ async fn tables(db: &mut PgConnection, schema: &str) -> Vec<String> {
     .unwrap()
 }
 
-async fn wait_for_exit(mut child: Child, what: &str, logs: impl Fn() -> String) {
+async fn wait_for_exit(mut child: KillOnDrop, what: &str, logs: impl Fn() -> String) {
     let status = support::wait_for(what, Duration::from_secs(300), || {
-        let status = child.try_wait().unwrap();
+        let status = child.try_wait();
         async move { status }
     })
     .await;
@@ -131,6 +133,7 @@ async fn replay_reproduces_live_results_and_applies_new_settings() {
         .stdout(Stdio::null())
         .stderr(deployment.log("live.log"))
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     let archive = dir.path().join("archive").join(&deployment.region);
     support::wait_for(
@@ -156,6 +159,26 @@ async fn replay_reproduces_live_results_and_applies_new_settings() {
             "live analyses never settled"
         );
         previous = now;
+    }
+
+    // The live deployment's /metrics covers lag, slots, restores and store writes.
+    let metrics = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "strata_events_in_total{component=\"analysis\"}",
+        "strata_consumer_lag{component=\"analysis\"",
+        "strata_replication_lag_bytes{component=\"claims_db\"",
+        "strata_slot_retained_wal_bytes{component=\"claims_db\"",
+        "strata_restore_records{component=\"analysis\"",
+        "strata_sink_write_seconds_bucket{component=\"hot\"",
+        "strata_processing_seconds_bucket{component=\"tiering\"",
+        "strata_component_ready{component=\"cold\"} 1",
+    ] {
+        assert!(metrics.contains(series), "/metrics lacks {series}:\n{metrics}");
     }
 
     let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/quickstart.yaml");
@@ -258,7 +281,7 @@ async fn replay_reproduces_live_results_and_applies_new_settings() {
     })
     .await;
     assert!(
-        live.try_wait().unwrap().is_none(),
+        live.try_wait().is_none(),
         "the live deployment still runs:\n{}",
         deployment.logs("live.log")
     );
@@ -367,8 +390,7 @@ async fn replay_reproduces_live_results_and_applies_new_settings() {
     .unwrap();
     assert_eq!(leftover, 0, "refused replays wrote nothing");
 
-    live.kill().unwrap();
-    live.wait().unwrap();
+    drop(live);
     sqlx::query("SELECT pg_drop_replication_slot($1)")
         .bind(format!("strata_{}", deployment.region))
         .execute(&mut db)

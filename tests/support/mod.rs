@@ -135,3 +135,24 @@ pub async fn slot_active(url: String, slot: String, want: bool) -> Option<()> {
             .ok()?;
     (active == Some(want)).then_some(())
 }
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves no
+/// `strata` running behind it.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
