@@ -18,8 +18,8 @@ use rdkafka::{ClientConfig, Message};
 use sqlx::PgConnection;
 use strata_pipeline::ops::shutdown::CancellationToken;
 use support::broker::MemoryBroker;
-use support::KillOnDrop;
 use support::stores::{claims, mismatch};
+use support::KillOnDrop;
 
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 const TODAY: &str = "2026-11-20";

@@ -178,7 +178,10 @@ async fn replay_reproduces_live_results_and_applies_new_settings() {
         "strata_processing_seconds_bucket{component=\"tiering\"",
         "strata_component_ready{component=\"cold\"} 1",
     ] {
-        assert!(metrics.contains(series), "/metrics lacks {series}:\n{metrics}");
+        assert!(
+            metrics.contains(series),
+            "/metrics lacks {series}:\n{metrics}"
+        );
     }
 
     let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/quickstart.yaml");

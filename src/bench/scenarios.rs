@@ -36,6 +36,9 @@ pub enum Scenario {
     Latency,
     /// The broker's own limits: a raw rdkafka producer and consumer.
     Raw,
+    /// `strata replay` of a deployment's whole history into fresh state and replay
+    /// tables: input events/s, beside the live run's rate over the same events.
+    Replay,
 }
 
 impl Scenario {
@@ -45,6 +48,7 @@ impl Scenario {
             Self::Streaming => "streaming",
             Self::Latency => "latency",
             Self::Raw => "raw",
+            Self::Replay => "replay",
         }
     }
 
@@ -54,6 +58,7 @@ impl Scenario {
             Self::Streaming => streaming(options).await,
             Self::Latency => latency(options).await,
             Self::Raw => raw(options).await,
+            Self::Replay => replay(options).await,
         }
     }
 }
@@ -203,6 +208,7 @@ async fn captured_rows(url: &str) -> Result<f64, String> {
 /// `strata run` of the bench topology over one database, in a region of its own.
 struct Deployment {
     name: String,
+    url: String,
     listen: String,
     child: Child,
     log: PathBuf,
@@ -236,6 +242,7 @@ impl Deployment {
             .map_err(|e| format!("starting strata run: {e}"))?;
         let mut deployment = Self {
             name: name.into(),
+            url: url.into(),
             listen,
             child,
             log,
@@ -259,6 +266,10 @@ impl Deployment {
         )
         .await?;
         Ok(deployment)
+    }
+
+    fn url(&self) -> &str {
+        &self.url
     }
 
     fn alive(&mut self) -> Result<(), String> {
@@ -308,6 +319,47 @@ impl Deployment {
 
     fn stats(&self) -> ProcessStats {
         probe::process_stats(self.child.id())
+    }
+
+    /// `strata replay` of everything this deployment's inputs hold, into fresh state and
+    /// replay tables; (input events, seconds) from its summary line.
+    async fn replay(&self, options: &BenchOptions) -> Result<(f64, f64), String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut command = Command::new(exe);
+        command
+            .arg("replay")
+            .arg(&options.topology)
+            .args(["--name", "bench", "--from", "1970-01-01T00:00:00Z"])
+            .env("STRATA_PG_URL", self.url())
+            .env("STRATA_REGION", self.name.replace('_', "-"))
+            .env("STRATA_SLOT", &self.name)
+            .env("STRATA_HOME", self._home.path())
+            .env("STRATA_KAFKA_BROKERS", &options.kafka_brokers)
+            .env("STRATA_SCHEMA_REGISTRY_URL", &options.registry_url);
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("starting strata replay: {e}"))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            return Err(format!(
+                "strata replay failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        // "replayed N input events in S s (…)"
+        let words: Vec<&str> = stdout.split_whitespace().collect();
+        let number = |after: &str| {
+            words
+                .iter()
+                .position(|w| *w == after)
+                .and_then(|i| words.get(i + 1))
+                .and_then(|w| w.parse::<f64>().ok())
+        };
+        match (number("replayed"), number("in")) {
+            (Some(events), Some(seconds)) => Ok((events, seconds)),
+            _ => Err(format!("unexpected strata replay output: {stdout}")),
+        }
     }
 
     /// SIGTERM (it drains and commits), then drops the slot and the database.
@@ -580,6 +632,35 @@ async fn latency(options: &BenchOptions) -> Result<Outcome, String> {
         "p99 commit-to-hot-store < 100 ms at 5k changes/s",
         p99.unwrap_or(f64::MAX) < 100.0,
     );
+    Ok(outcome)
+}
+
+async fn replay(options: &BenchOptions) -> Result<Outcome, String> {
+    let mut outcome = Outcome::new("replay");
+    let name = run_name("replay");
+    let url = fresh_db(&options.pg_admin_url, &name).await?;
+    let config = generator_config(options.claims, 0, None);
+    generate(&url, &config, Start::Fresh).await?;
+    let started = Instant::now();
+    let mut deployment = Deployment::start(options, &name, &url).await?;
+    let result = async {
+        let (scrape, moved) = deployment.wait_idle(Duration::from_secs(3600)).await?;
+        let live_seconds = moved.duration_since(started).as_secs_f64();
+        let live_events = scrape.sum("strata_events_in_total", Some(FIRST_PROCESSOR));
+        let (events, seconds) = deployment.replay(options).await?;
+        Ok::<_, String>((live_events, live_seconds, events, seconds))
+    }
+    .await;
+    deployment.stop(options).await;
+    let (live_events, live_seconds, events, seconds) = result?;
+    let rate = events / seconds.max(1e-3);
+    outcome.figures.insert("replayed_input_events", events);
+    outcome.figures.insert("replay_input_events_per_s", rate);
+    outcome.figures.insert(
+        "live_input_events_per_s",
+        live_events / live_seconds.max(1e-3),
+    );
+    outcome.goal("replay >= 200k events/s", rate >= 200_000.0);
     Ok(outcome)
 }
 
