@@ -159,10 +159,14 @@ struct ReplayArgs {
     /// Names the replay's topics (`<region>.replay-<name>.*`), groups, state and tables.
     #[arg(long)]
     name: String,
-    /// Start at this processor: earlier stages are not run and their live output topics
-    /// are read instead, in the order they hold (default: every stage, from the sources).
+    /// Start at this processor (or sink): earlier stages are not run and their live output
+    /// topics are read instead, in the order they hold (default: every stage, from the
+    /// sources).
     #[arg(long)]
     stage: Option<String>,
+    /// Run only the --stage component, not the ones after it (one stage in isolation).
+    #[arg(long, requires = "stage")]
+    only: bool,
     /// Where to start: an RFC 3339 time (record time), or `topic:partition:offset` for
     /// each partition to start elsewhere than its earliest record.
     #[arg(long, required = true, num_args = 1..)]
@@ -186,6 +190,7 @@ async fn run_replay(topology: topology::Topology, args: ReplayArgs) -> Result<()
     let request = replay::ReplayRequest {
         name: args.name,
         stage: args.stage,
+        only: args.only,
         from: args.from,
         to: args.to,
         into: args.into,
@@ -196,10 +201,11 @@ async fn run_replay(topology: topology::Topology, args: ReplayArgs) -> Result<()
         .await
         .map_err(|e| e.to_string())?;
     println!(
-        "replayed {} input events in {:.1} s ({:.0} events/s); its topics are {}.*",
+        "replayed {} input events in {:.1} s; processing {:.2} s at {:.0} events/s; its topics are {}.*",
         summary.events,
         summary.seconds,
-        summary.events as f64 / summary.seconds.max(1e-3),
+        summary.processing_seconds,
+        summary.events as f64 / summary.processing_seconds.max(1e-3),
         summary.topics_prefix
     );
     Ok(())

@@ -322,14 +322,24 @@ impl Deployment {
     }
 
     /// `strata replay` of everything this deployment's inputs hold, into fresh state and
-    /// replay tables; (input events, seconds) from its summary line.
-    async fn replay(&self, options: &BenchOptions) -> Result<(f64, f64), String> {
+    /// replay tables — every stage, or with `stage` that stage alone, reading the live
+    /// topic before it; (input events, seconds) from its summary line.
+    async fn replay(
+        &self,
+        options: &BenchOptions,
+        stage: Option<&str>,
+    ) -> Result<(f64, f64), String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut command = Command::new(exe);
         command
             .arg("replay")
             .arg(&options.topology)
-            .args(["--name", "bench", "--from", "1970-01-01T00:00:00Z"])
+            .args(["--name", &format!("bench_{}", stage.unwrap_or("all"))])
+            .args(["--from", "1970-01-01T00:00:00Z"]);
+        if let Some(stage) = stage {
+            command.args(["--stage", stage, "--only"]);
+        }
+        command
             .env("STRATA_PG_URL", self.url())
             .env("STRATA_REGION", self.name.replace('_', "-"))
             .env("STRATA_SLOT", &self.name)
@@ -347,7 +357,7 @@ impl Deployment {
                 String::from_utf8_lossy(&output.stderr)
             ));
         }
-        // "replayed N input events in S s (…)"
+        // "replayed N input events in S s; processing P s at …"
         let words: Vec<&str> = stdout.split_whitespace().collect();
         let number = |after: &str| {
             words
@@ -356,7 +366,7 @@ impl Deployment {
                 .and_then(|i| words.get(i + 1))
                 .and_then(|w| w.parse::<f64>().ok())
         };
-        match (number("replayed"), number("in")) {
+        match (number("replayed"), number("processing")) {
             (Some(events), Some(seconds)) => Ok((events, seconds)),
             _ => Err(format!("unexpected strata replay output: {stdout}")),
         }
@@ -647,12 +657,23 @@ async fn replay(options: &BenchOptions) -> Result<Outcome, String> {
         let (scrape, moved) = deployment.wait_idle(Duration::from_secs(3600)).await?;
         let live_seconds = moved.duration_since(started).as_secs_f64();
         let live_events = scrape.sum("strata_events_in_total", Some(FIRST_PROCESSOR));
-        let (events, seconds) = deployment.replay(options).await?;
-        Ok::<_, String>((live_events, live_seconds, events, seconds))
+        let (events, seconds) = deployment.replay(options, None).await?;
+        // Each stage alone, reading the live topic before it: its own capacity.
+        let mut alone = Vec::new();
+        for stage in PROCESSORS.iter().chain(SINKS.iter()) {
+            let (n, secs) = deployment.replay(options, Some(stage)).await?;
+            alone.push(Stage {
+                component: stage,
+                events: n,
+                busy_seconds: secs,
+                capacity_per_second: n / secs.max(1e-3),
+            });
+        }
+        Ok::<_, String>((live_events, live_seconds, events, seconds, alone))
     }
     .await;
     deployment.stop(options).await;
-    let (live_events, live_seconds, events, seconds) = result?;
+    let (live_events, live_seconds, events, seconds, alone) = result?;
     let rate = events / seconds.max(1e-3);
     outcome.figures.insert("replayed_input_events", events);
     outcome.figures.insert("replay_input_events_per_s", rate);
@@ -661,6 +682,17 @@ async fn replay(options: &BenchOptions) -> Result<Outcome, String> {
         live_events / live_seconds.max(1e-3),
     );
     outcome.goal("replay >= 200k events/s", rate >= 200_000.0);
+    outcome.bottleneck = alone
+        .iter()
+        .filter(|s| s.events > 0.0)
+        .min_by(|a, b| a.capacity_per_second.total_cmp(&b.capacity_per_second))
+        .map(|s| {
+            format!(
+                "{} (alone: {:.0} events/s, replayed from the live topic before it)",
+                s.component, s.capacity_per_second
+            )
+        });
+    outcome.stages = alone;
     Ok(outcome)
 }
 

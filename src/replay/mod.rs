@@ -94,7 +94,7 @@ pub enum ReplayError {
     #[error("state directory {0} is already in use (not empty); give a new one with --state-dir")]
     StateDirInUse(PathBuf),
     #[error(
-        "--stage `{stage}` is not a processor of this topology; its processors are {processors:?}"
+        "--stage `{stage}` is not a processor or sink of this topology; those are {processors:?}"
     )]
     UnknownStage {
         stage: String,
@@ -129,9 +129,11 @@ pub enum Into {
 
 pub struct ReplayRequest {
     pub name: String,
-    /// The processor to start at: stages before it are not run, and their live output
-    /// topics are read instead (default: every stage, from the sources' topics).
+    /// The processor (or sink) to start at: stages before it are not run, and their live
+    /// output topics are read instead (default: every stage, from the sources' topics).
     pub stage: Option<String>,
+    /// Run only `stage`, not the stages after it (to measure one stage alone).
+    pub only: bool,
     pub from: Vec<String>,
     pub to: Vec<String>,
     pub into: Into,
@@ -142,7 +144,10 @@ pub struct ReplayRequest {
 /// What a finished replay did.
 pub struct Summary {
     pub events: i64,
+    /// From start to finish, planning and start-up included.
     pub seconds: f64,
+    /// From the first events done to the last (the rate's denominator).
+    pub processing_seconds: f64,
     pub topics_prefix: String,
 }
 
@@ -187,7 +192,7 @@ pub async fn replay(live: Topology, request: ReplayRequest) -> Result<Summary, R
     topology.replay = Some(ReplayScope {
         name: name.clone(),
         window: Arc::default(),
-        skipped: skipped_components(&topology, request.stage.as_deref())?,
+        skipped: skipped_components(&topology, request.stage.as_deref(), request.only)?,
     });
     let external = external_inputs(&topology, &starter);
     let kafka_config = strata_pipeline::kafka::client_config(&live.kafka);
@@ -253,7 +258,7 @@ pub async fn replay(live: Topology, request: ReplayRequest) -> Result<Summary, R
     );
     let (run, finished) = tokio::join!(run, monitor);
     run.map_err(|e| ReplayError::Run(e.to_string()))?;
-    let reading = finished?;
+    let (reading, processing) = finished?;
     if !reading.finished() {
         return Err(ReplayError::Run(format!(
             "interrupted after {} of {} input events; run a new replay (another --name) to start over",
@@ -263,18 +268,23 @@ pub async fn replay(live: Topology, request: ReplayRequest) -> Result<Summary, R
     Ok(Summary {
         events: reading.total,
         seconds: started.elapsed().as_secs_f64(),
+        processing_seconds: processing.as_secs_f64(),
         topics_prefix: scope,
     })
 }
 
-/// Reads progress every second, prints it every few, exports it as metrics, and cancels
-/// `shutdown` once the replay is finished. Returns the last reading.
+/// How often progress is read.
+const READ_EVERY: Duration = Duration::from_millis(500);
+
+/// Reads progress twice a second, prints it every few, exports it as metrics, and cancels
+/// `shutdown` once the replay is finished. Returns the last reading and the time from
+/// the last reading with nothing done to the first with everything done.
 async fn watch(
     progress: Progress,
     metrics: Metrics,
     name: String,
     shutdown: CancellationToken,
-) -> Result<progress::Reading, ReplayError> {
+) -> Result<(progress::Reading, Duration), ReplayError> {
     let done_gauge = metrics.replay_events.with_label_values(&[&name, "done"]);
     let left_gauge = metrics
         .replay_events
@@ -282,10 +292,13 @@ async fn watch(
     let started = Instant::now();
     let mut last_print = Instant::now();
     let mut previous: Option<progress::Reading> = None;
+    let (mut idle_until, mut done_at) = (Instant::now(), None);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.cancelled() => return Ok(previous.unwrap_or_default()),
+            _ = tokio::time::sleep(READ_EVERY) => {}
+            _ = shutdown.cancelled() => {
+                return Ok((previous.unwrap_or_default(), idle_until.elapsed()));
+            }
         }
         let reading = match tokio::task::block_in_place(|| progress.read()) {
             Ok(r) => r,
@@ -294,6 +307,14 @@ async fn watch(
                 continue;
             }
         };
+        if reading.done == 0 {
+            idle_until = Instant::now();
+        }
+        if reading.finished() {
+            done_at.get_or_insert_with(Instant::now);
+        } else {
+            done_at = None;
+        }
         done_gauge.set(reading.done);
         left_gauge.set(reading.total - reading.done + reading.in_flight);
         if last_print.elapsed() >= Duration::from_secs(2) || reading.finished() {
@@ -314,17 +335,19 @@ async fn watch(
                 .is_some_and(|p| p.finished() && p.intermediate_ends == reading.intermediate_ends);
         if settled {
             shutdown.cancel();
-            return Ok(reading);
+            let finished = done_at.unwrap_or_else(Instant::now);
+            return Ok((reading, finished.saturating_duration_since(idle_until)));
         }
         previous = Some(reading);
     }
 }
 
 /// The components a replay starting at `stage` does not run: the sources, and with a
-/// stage, every component that is not the stage or downstream of it.
+/// stage, every component that is not the stage or (unless `only`) downstream of it.
 fn skipped_components(
     topology: &Topology,
     stage: Option<&str>,
+    only: bool,
 ) -> Result<std::collections::BTreeSet<String>, ReplayError> {
     use strata_pipeline::topology::Input;
     let mut runs: std::collections::BTreeSet<String> = match stage {
@@ -337,14 +360,14 @@ fn skipped_components(
         Some(stage) => {
             if !topology
                 .component(stage)
-                .is_some_and(|c| c.role == Role::Processor)
+                .is_some_and(|c| c.role != Role::Source)
             {
                 return Err(ReplayError::UnknownStage {
                     stage: stage.into(),
                     processors: topology
                         .components
                         .iter()
-                        .filter(|c| c.role == Role::Processor)
+                        .filter(|c| c.role != Role::Source)
                         .map(|c| c.name.clone())
                         .collect(),
                 });
@@ -352,7 +375,7 @@ fn skipped_components(
             [stage.to_string()].into()
         }
     };
-    loop {
+    while !only {
         let downstream: Vec<String> = topology
             .components
             .iter()
