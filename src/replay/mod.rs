@@ -358,9 +358,9 @@ fn skipped_components(
             .map(|c| c.name.clone())
             .collect(),
         Some(stage) => {
-            if !topology
+            if topology
                 .component(stage)
-                .is_some_and(|c| c.role != Role::Source)
+                .is_none_or(|c| c.role == Role::Source)
             {
                 return Err(ReplayError::UnknownStage {
                     stage: stage.into(),
@@ -375,7 +375,10 @@ fn skipped_components(
             [stage.to_string()].into()
         }
     };
-    while !only {
+    loop {
+        if only {
+            break;
+        }
         let downstream: Vec<String> = topology
             .components
             .iter()
