@@ -1,6 +1,11 @@
 //! SQL Server CDC source: reads `cdc.fn_cdc_get_all_changes_*` through tiberius.
+//!
+//! `lsn` and `stream` hold the LSN, offset and ordering logic (tested without a server);
+//! the TDS side sits behind [`stream::CdcReader`].
 
 mod config;
+pub mod lsn;
+pub mod stream;
 
 pub use config::SqlServerSourceConfig;
 
