@@ -6,6 +6,7 @@
 mod config;
 pub mod lsn;
 pub mod stream;
+pub mod values;
 
 pub use config::SqlServerSourceConfig;
 
