@@ -125,6 +125,61 @@ async fn serves_ops_endpoints_and_exits_zero_on_sigterm() {
 }
 
 #[tokio::test]
+async fn a_drain_past_its_deadline_exits_one_naming_it() {
+    let (db_url, mut db) = support::fresh_db("drain").await;
+    sqlx::Executor::execute(
+        &mut db,
+        "CREATE TABLE claims (claim_id bigint PRIMARY KEY, status text)",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = support::start_registry(&dir.path().join("registry")).await;
+    let slot = format!("drain_slot_{}", std::process::id());
+    let file = topology(dir.path(), &registry.url, &db_url, &slot);
+    // The source's own drain waits for its last status update (status_interval, 1 s),
+    // longer than this deadline.
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("shutdown: { drain_timeout: 100ms }\n");
+    std::fs::write(&file, text).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("run")
+        .arg(&file)
+        .args(["--listen", &listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strata starts");
+    support::wait_for("the replication slot", Duration::from_secs(60), || {
+        support::slot_active(db_url.clone(), slot.clone(), true)
+    })
+    .await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("drain_timeout"), "{err}");
+    support::wait_for("the slot released", Duration::from_secs(30), || {
+        support::slot_active(db_url.clone(), slot.clone(), false)
+    })
+    .await;
+    sqlx::Executor::execute(
+        &mut db,
+        format!("SELECT pg_drop_replication_slot('{slot}')").as_str(),
+    )
+    .await
+    .unwrap();
+    registry.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_failing_component_stops_the_run_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let registry = support::start_registry(&dir.path().join("registry")).await;
