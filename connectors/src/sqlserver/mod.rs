@@ -5,6 +5,7 @@
 
 mod config;
 pub mod lsn;
+pub mod reader;
 pub mod stream;
 pub mod values;
 
