@@ -20,3 +20,7 @@ docker-compose -f docker/compose.yaml config -q
 
 log "running the tests"
 cargo test "${BUILD_FLAGS[@]}" "$@"
+
+log "running the SQL Server wire tests (TDS stand-in; a package of its own)"
+CARGO_TARGET_DIR="${STRATA_WIRE_TARGET_DIR:-$HOME/.cache/strata/wire-target}" \
+  cargo test --locked --manifest-path tests/sqlserver_wire/Cargo.toml

@@ -7,6 +7,11 @@
 //! - `sys.fn_cdc_get_max_lsn()`, `sys.fn_cdc_get_min_lsn(@P1)`;
 //! - `cdc.fn_cdc_get_all_changes_<instance>(@P1, @P2, N'all update old')`.
 //!
+//! Each statement starts with a tag comment (`/* STRATA CDC_MAX_LSN */`): it names the
+//! query in SQL Server's own views (Query Store, `sys.dm_exec_requests`) for the DBA of
+//! a legacy server, and it is what the TDS stand-in of tests/sqlserver_wire matches.
+//! Identifiers stay lower-case, as case-sensitive collations need.
+//!
 //! Server errors are split: permission denied (229, 230, 297, 916) and missing objects
 //! (208: a dropped capture instance) are definite, with their own messages; I/O and the
 //! rest are transient and retried by the source.
@@ -18,6 +23,26 @@ use tiberius::{Client, ColumnData};
 
 use super::lsn::{Lsn, Operation, Position};
 use super::stream::{CaptureInstance, CdcError, CdcReader, ChangeRow};
+
+/// The statements, each with its tag.
+pub mod sql {
+    pub const CDC_ENABLED: &str = "/* STRATA CDC_ENABLED */ SELECT CAST(is_cdc_enabled AS int) FROM sys.databases WHERE name = DB_NAME()";
+    pub const CAPTURE_INSTANCES: &str = "/* STRATA CDC_INSTANCES */ SELECT OBJECT_SCHEMA_NAME(source_object_id) + N'.' + OBJECT_NAME(source_object_id), capture_instance, start_lsn FROM cdc.change_tables";
+    pub const MAX_LSN: &str = "/* STRATA CDC_MAX_LSN */ SELECT sys.fn_cdc_get_max_lsn()";
+    pub const MIN_LSN: &str = "/* STRATA CDC_MIN_LSN */ SELECT sys.fn_cdc_get_min_lsn(@P1)";
+    /// The tag of the change query of `instance` (`/* STRATA CDC_CHANGES DBO_CLAIMS */`).
+    pub fn changes_tag(instance: &str) -> String {
+        format!("/* STRATA CDC_CHANGES {} */", instance.to_uppercase())
+    }
+
+    /// The change query of one capture instance (its name checked by the caller).
+    pub fn changes(instance: &str) -> String {
+        format!(
+            "{} SELECT * FROM cdc.fn_cdc_get_all_changes_{instance}(@P1, @P2, N'all update old') ORDER BY __$start_lsn, __$seqval, __$operation",
+            changes_tag(instance)
+        )
+    }
+}
 
 /// A change row's captured columns, by name, as tiberius decoded them.
 pub type Columns = Vec<(String, ColumnData<'static>)>;
@@ -91,12 +116,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> CdcReader for TdsReader<S> {
 
     fn capture_instances(&mut self) -> BoxFuture<'_, Result<Vec<CaptureInstance>, CdcError>> {
         Box::pin(async move {
-            let enabled = self
-                .rows(
-                    "SELECT CAST(is_cdc_enabled AS int) FROM sys.databases WHERE name = DB_NAME()",
-                    &[],
-                )
-                .await?;
+            let enabled = self.rows(sql::CDC_ENABLED, &[]).await?;
             let on = enabled
                 .first()
                 .and_then(|r| r.try_get::<i32, _>(0).ok().flatten())
@@ -106,13 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> CdcReader for TdsReader<S> {
                     database: self.database.clone(),
                 });
             }
-            let rows = self
-                .rows(
-                    "SELECT OBJECT_SCHEMA_NAME(source_object_id) + N'.' + OBJECT_NAME(source_object_id), \
-                     capture_instance, start_lsn FROM cdc.change_tables",
-                    &[],
-                )
-                .await?;
+            let rows = self.rows(sql::CAPTURE_INSTANCES, &[]).await?;
             rows.iter()
                 .map(|row| {
                     let text = |i: usize| {
@@ -120,7 +134,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> CdcReader for TdsReader<S> {
                             .ok()
                             .flatten()
                             .map(str::to_string)
-                            .ok_or_else(|| CdcError::Protocol("cdc.change_tables row without a name".into()))
+                            .ok_or_else(|| {
+                                CdcError::Protocol("cdc.change_tables row without a name".into())
+                            })
                     };
                     Ok(CaptureInstance {
                         table: text(0)?,
@@ -134,7 +150,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> CdcReader for TdsReader<S> {
 
     fn max_lsn(&mut self) -> BoxFuture<'_, Result<Lsn, CdcError>> {
         Box::pin(async move {
-            let rows = self.rows("SELECT sys.fn_cdc_get_max_lsn()", &[]).await?;
+            let rows = self.rows(sql::MAX_LSN, &[]).await?;
             let row = rows
                 .first()
                 .ok_or_else(|| CdcError::Protocol("no answer to fn_cdc_get_max_lsn".into()))?;
@@ -144,9 +160,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> CdcReader for TdsReader<S> {
 
     fn min_lsn<'a>(&'a mut self, instance: &'a str) -> BoxFuture<'a, Result<Lsn, CdcError>> {
         Box::pin(async move {
-            let rows = self
-                .rows("SELECT sys.fn_cdc_get_min_lsn(@P1)", &[&instance])
-                .await?;
+            let rows = self.rows(sql::MIN_LSN, &[&instance]).await?;
             let row = rows
                 .first()
                 .ok_or_else(|| CdcError::Protocol("no answer to fn_cdc_get_min_lsn".into()))?;
@@ -161,13 +175,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> CdcReader for TdsReader<S> {
         to: Lsn,
     ) -> BoxFuture<'a, Result<Vec<ChangeRow<Columns>>, CdcError>> {
         Box::pin(async move {
-            let sql = format!(
-                "SELECT * FROM cdc.fn_cdc_get_all_changes_{}(@P1, @P2, N'all update old') \
-                 ORDER BY __$start_lsn, __$seqval, __$operation",
-                checked_instance(instance)?
-            );
+            let query = sql::changes(checked_instance(instance)?);
             let (lo, hi) = (from.0.to_vec(), to.0.to_vec());
-            let rows = self.rows(&sql, &[&lo, &hi]).await?;
+            let rows = self.rows(&query, &[&lo, &hi]).await?;
             rows.into_iter().map(change_row).collect()
         })
     }
