@@ -13,14 +13,6 @@ use support::stores::{claims, mismatch};
 
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_stores_match_the_source() {
     let (url, mut db) = support::fresh_db("quickstart").await;
@@ -43,7 +35,7 @@ async fn quickstart_stores_match_the_source() {
 
     let region = format!("qs{}", std::process::id());
     let slot = format!("strata_{region}");
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", support::free_port());
     let log_path = dir.path().join("strata.log");
     let start = || {
         Command::new(STRATA)

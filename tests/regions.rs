@@ -41,18 +41,12 @@ impl Region {
     }
 
     fn start(&self, home: &std::path::Path, registry: &str) -> KillOnDrop {
-        let listen = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let listen = format!("127.0.0.1:{}", support::free_port());
         Command::new(STRATA)
             .args(["run", &format!("topologies/{}.yaml", self.name)])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env(format!("{}_PG_URL", self.env_prefix()), &self.url)
-            .env(
-                format!("{}_METRICS_LISTEN", self.env_prefix()),
-                listen.to_string(),
-            )
+            .env(format!("{}_METRICS_LISTEN", self.env_prefix()), &listen)
             .env("STRATA_KAFKA_BROKERS", self.broker.address())
             .env("STRATA_SCHEMA_REGISTRY_URL", registry)
             .env("STRATA_HOME", home)

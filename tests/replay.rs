@@ -16,14 +16,6 @@ use support::KillOnDrop;
 
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The environment that points topologies/quickstart.yaml at this test's services.
 struct Deployment {
     url: String,
@@ -127,7 +119,7 @@ async fn replay_reproduces_live_results_and_applies_new_settings() {
     assert!(generated.status.success(), "{generated:?}");
 
     // The live deployment, caught up with the source.
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", support::free_port());
     let mut live = deployment
         .command(&["run", "topologies/quickstart.yaml", "--listen", &listen])
         .stdout(Stdio::null())

@@ -7,14 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// tests/topologies/minimal.yaml pointed at the given services, written into `dir`.
 fn topology(dir: &Path, registry: &str, pg_url: &str, slot: &str) -> PathBuf {
     let minimal = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/topologies/minimal.yaml");
@@ -45,7 +37,7 @@ async fn serves_ops_endpoints_and_exits_zero_on_sigterm() {
     let slot = format!("run_slot_{}", std::process::id());
     let file = topology(dir.path(), &registry.url, &db_url, &slot);
 
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", support::free_port());
     let log_path = dir.path().join("strata.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(["--log-format", "json", "run"])
@@ -142,7 +134,7 @@ async fn a_drain_past_its_deadline_exits_one_naming_it() {
     let mut text = std::fs::read_to_string(&file).unwrap();
     text.push_str("shutdown: { drain_timeout: 100ms }\n");
     std::fs::write(&file, text).unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", support::free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_strata"))
         .arg("run")
         .arg(&file)
@@ -189,7 +181,7 @@ async fn a_failing_component_stops_the_run_with_its_reason() {
         "postgres://postgres@127.0.0.1:9/claims",
         "unused",
     );
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", support::free_port());
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_strata"))
             .arg("run")

@@ -27,6 +27,14 @@ pub fn registry_url() -> String {
     std::env::var("STRATA_SCHEMA_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:18081".into())
 }
 
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A name no other test run uses.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()

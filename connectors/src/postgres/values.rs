@@ -149,7 +149,7 @@ fn parse_decimal(text: &str, precision: u32, scale: u32) -> Result<i128, String>
 }
 
 /// The shortest big-endian two's complement bytes of `n`, as Avro decimals store them.
-fn minimal_twos_complement(n: i128) -> Vec<u8> {
+pub(crate) fn minimal_twos_complement(n: i128) -> Vec<u8> {
     let bytes = n.to_be_bytes();
     let mut start = 0;
     while start < 15 {

@@ -40,9 +40,19 @@ impl Lsn {
 
     /// The next LSN in byte order (what `sys.fn_cdc_increment_lsn` computes).
     pub fn increment(self) -> Lsn {
+        self.step(u8::overflowing_add)
+    }
+
+    /// The LSN before this one in byte order (`sys.fn_cdc_decrement_lsn`).
+    pub fn decrement(self) -> Lsn {
+        self.step(u8::overflowing_sub)
+    }
+
+    /// Adds or subtracts one, carrying from the last byte towards the first.
+    fn step(self, op: fn(u8, u8) -> (u8, bool)) -> Lsn {
         let mut bytes = self.0;
         for b in bytes.iter_mut().rev() {
-            let (next, carry) = b.overflowing_add(1);
+            let (next, carry) = op(*b, 1);
             *b = next;
             if !carry {
                 break;
@@ -145,6 +155,7 @@ mod tests {
         let mut b = [0u8; 10];
         b[8] = 0x02;
         assert_eq!(Lsn(a).increment(), Lsn(b));
+        assert_eq!(Lsn(b).decrement(), Lsn(a));
         assert!(Lsn(a) < Lsn(a).increment());
     }
 

@@ -135,7 +135,7 @@ pub fn plan_windows(
             // An instance serves from its start up to the next instance's start.
             let lo = from.max(instance.start_lsn);
             let hi = match own.get(n + 1) {
-                Some(next) if next.start_lsn > Lsn::ZERO => to.min(prev(next.start_lsn)),
+                Some(next) if next.start_lsn > Lsn::ZERO => to.min(next.start_lsn.decrement()),
                 _ => to,
             };
             if lo <= hi {
@@ -144,19 +144,6 @@ pub fn plan_windows(
         }
     }
     Ok(windows)
-}
-
-/// The LSN before `lsn` in byte order.
-fn prev(lsn: Lsn) -> Lsn {
-    let mut bytes = lsn.0;
-    for b in bytes.iter_mut().rev() {
-        let (next, borrow) = b.overflowing_sub(1);
-        *b = next;
-        if !borrow {
-            break;
-        }
-    }
-    Lsn(bytes)
 }
 
 /// One poll: the changes after `offset` (or from `start` without one), at most `limit`

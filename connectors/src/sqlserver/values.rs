@@ -12,6 +12,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime};
 use strata_pipeline::avro::types::{Column, ColumnType};
 use tiberius::{ColumnData, FromSql};
 
+use crate::postgres::values::minimal_twos_complement as twos_complement;
 pub use crate::postgres::values::ValueError;
 
 fn epoch() -> NaiveDate {
@@ -150,21 +151,6 @@ fn rescale(value: i128, from: u32, to: u32) -> Option<i128> {
 
 fn digits(n: i128) -> u32 {
     n.unsigned_abs().checked_ilog10().map_or(1, |d| d + 1)
-}
-
-/// Big-endian two's complement in as few bytes as keep the sign (Avro's decimal bytes).
-fn twos_complement(n: i128) -> Vec<u8> {
-    let bytes = n.to_be_bytes();
-    let mut start = 0;
-    while start < 15 {
-        let (b, next) = (bytes[start], bytes[start + 1]);
-        if (b == 0 && next & 0x80 == 0) || (b == 0xff && next & 0x80 != 0) {
-            start += 1;
-        } else {
-            break;
-        }
-    }
-    bytes[start..].to_vec()
 }
 
 #[cfg(test)]
