@@ -195,7 +195,7 @@ pub async fn replay(live: Topology, request: ReplayRequest) -> Result<Summary, R
         skipped: skipped_components(&topology, request.stage.as_deref(), request.only)?,
     });
     let external = external_inputs(&topology, &starter);
-    let kafka_config = strata_pipeline::kafka::client_config(&live.kafka);
+    let kafka_config = strata_pipeline::kafka::consumer_config(&live.kafka);
     let broker = Broker::connect(&kafka_config)?;
     let window = {
         let (broker, external) = (&broker, external.clone());

@@ -93,6 +93,8 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// `config` should be a consumer configuration (`kafka::consumer_config`): each probe
+    /// of a record time is a fetch, and brokers may hold a fetch for its whole wait.
     pub fn connect(config: &ClientConfig) -> Result<Self, ReplayError> {
         let mut config = config.clone();
         config
@@ -268,12 +270,17 @@ pub fn window(
             let state = broker.watermarks(topic, p)?;
             let key = (topic.clone(), p);
             let (start, from_ms) = match from {
-                Point::Time(ms) => {
-                    if let Some(earliest) = broker.earliest_time(topic, p, state)? {
+                Point::Time(ms) => match broker.earliest_time(topic, p, state)? {
+                    None => (state.low, Some(*ms)),
+                    Some(earliest) => {
                         check_retention(topic, p, state, *ms, earliest)?;
+                        let start = match earliest >= *ms {
+                            true => state.low, // the whole partition is in the window
+                            false => broker.offset_for_time(topic, p, state, *ms)?,
+                        };
+                        (start, Some(*ms))
                     }
-                    (broker.offset_for_time(topic, p, state, *ms)?, Some(*ms))
-                }
+                },
                 Point::Offsets(offsets) => {
                     let start = offsets.get(&key).copied().unwrap_or(state.low);
                     check_in_range(topic, p, state, start, "--from")?;
