@@ -177,7 +177,7 @@ struct ReplayArgs {
     to: Vec<String>,
     /// Where results go: replay tables beside the live ones, or the live stores.
     #[arg(long, value_enum, default_value = "tables")]
-    into: replay::Into,
+    into: replay::Destination,
     /// State directory of the replay (new or empty); default: the live one + `-replay-<name>`.
     #[arg(long)]
     state_dir: Option<PathBuf>,

@@ -120,7 +120,7 @@ fn ms_text(ms: i64) -> String {
 
 /// Where a replay writes its results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Into {
+pub enum Destination {
     /// The live stores (position-guarded upserts: same events, same rows).
     Live,
     /// Replay tables named after the replay, beside the live ones.
@@ -136,7 +136,7 @@ pub struct ReplayRequest {
     pub only: bool,
     pub from: Vec<String>,
     pub to: Vec<String>,
-    pub into: Into,
+    pub into: Destination,
     pub state_dir: Option<PathBuf>,
     pub listen: SocketAddr,
 }
@@ -180,7 +180,7 @@ pub async fn replay(live: Topology, request: ReplayRequest) -> Result<Summary, R
     let starter = Components { codec };
     let mut topology = live.clone();
     topology.state.dir = state_dir;
-    if request.into == Into::Tables {
+    if request.into == Destination::Tables {
         for c in topology
             .components
             .iter_mut()
@@ -238,8 +238,8 @@ pub async fn replay(live: Topology, request: ReplayRequest) -> Result<Summary, R
         external.len(),
         topology.scope(),
         match request.into {
-            Into::Live => "the live stores".to_string(),
-            Into::Tables => format!("replay tables (*_replay_{name})"),
+            Destination::Live => "the live stores".to_string(),
+            Destination::Tables => format!("replay tables (*_replay_{name})"),
         }
     );
 

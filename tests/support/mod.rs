@@ -116,6 +116,15 @@ pub async fn fresh_db(name: &str) -> (String, sqlx::PgConnection) {
         .await
         .expect("admin connection");
     let db = format!("t_{name}_{}", std::process::id());
+    // Slots an interrupted earlier run left on it would block the drop (and hold WAL).
+    sqlx::query(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+         WHERE database = $1 AND NOT active",
+    )
+    .bind(&db)
+    .execute(&mut admin)
+    .await
+    .expect("drop leftover slots");
     admin
         .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
         .await

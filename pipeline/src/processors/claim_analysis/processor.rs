@@ -351,12 +351,42 @@ impl ClaimAnalysis {
             claim.billed,
             claim.diagnoses.join(",")
         );
-        match ctx.get(EXACT, exact_key.as_bytes())? {
-            Some(first) if first != claim.claim_id.to_be_bytes() => {
-                let first = i64::from_be_bytes(first.try_into().unwrap_or_default());
+        // Of two exact duplicates the one committed later is flagged, whichever reached
+        // this stage first (claims of one member come from several partitions upstream).
+        let stored = match ctx.get(EXACT, exact_key.as_bytes())? {
+            Some(bytes) if bytes != claim.claim_id.to_be_bytes() => {
+                let id = i64::from_be_bytes(bytes.try_into().unwrap_or_default());
+                let original = ctx
+                    .get(CLAIMS, &id.to_be_bytes())?
+                    .and_then(|b| decode_state::<Claim>(&b));
+                Some((id, original))
+            }
+            _ => None,
+        };
+        match stored {
+            Some((_, Some(mut original))) if original.position > claim.position => {
+                ctx.put(
+                    EXACT,
+                    exact_key.as_bytes(),
+                    claim.claim_id.to_be_bytes().to_vec(),
+                );
+                if !original.reasons.iter().any(|r| r.code == "DUPLICATE_EXACT") {
+                    original.reasons.push(reason(
+                        "DUPLICATE_EXACT",
+                        format!("same as claim {}", claim.claim_id),
+                    ));
+                    original.revision += 1;
+                    ctx.put(
+                        CLAIMS,
+                        &original.claim_id.to_be_bytes(),
+                        encode_state(&original),
+                    );
+                    self.emit(ctx, &original, original.analysis_id());
+                }
+            }
+            Some((first, _)) => {
                 reasons.push(reason("DUPLICATE_EXACT", format!("same as claim {first}")));
             }
-            Some(_) => {}
             None => ctx.put(
                 EXACT,
                 exact_key.as_bytes(),

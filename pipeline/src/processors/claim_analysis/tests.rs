@@ -266,3 +266,45 @@ fn analysis_ids_grow_whatever_order_lines_arrive_in() {
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
 }
+
+#[test]
+fn of_two_exact_duplicates_the_later_committed_is_flagged_in_any_order() {
+    let claim = |id: i64| {
+        vec![
+            ("claim_id", Value::Long(id)),
+            ("member_id", Value::Long(3)),
+            ("provider_id", Value::Long(100)),
+            ("claim_type", Value::String("PROFESSIONAL".into())),
+            ("form_type", Value::String("CMS1500".into())),
+            ("service_date_from", Value::Date(DAY - 3)),
+            ("service_date_to", Value::Date(DAY - 3)),
+            ("submitted_date", Value::Date(DAY)),
+            ("billed_amount", Value::Double(150.0)),
+            (
+                "diagnosis_codes",
+                Value::Array(vec![Value::String("J06.9".into())]),
+            ),
+        ]
+    };
+    // Claim 2 was committed after claim 1 but reaches the stage first.
+    let mut f = Feeder::new();
+    let later = f.feed(envelope("claims", 2_000, NOW_MS, claim(2))).unwrap();
+    assert!(codes(&later[0]).is_empty(), "{:?}", codes(&later[0]));
+    let earlier = f.feed(envelope("claims", 1_000, NOW_MS, claim(1))).unwrap();
+    let by_claim = |id: i64| {
+        earlier
+            .iter()
+            .find(|o| record_field(o.value.as_ref().unwrap(), "claim_id") == Some(&Value::Long(id)))
+            .map(codes)
+    };
+    assert_eq!(
+        by_claim(1),
+        Some(vec![]),
+        "the first committed is the original"
+    );
+    assert_eq!(
+        by_claim(2),
+        Some(vec!["DUPLICATE_EXACT".to_string()]),
+        "claim 2's analysis is revised"
+    );
+}
