@@ -232,14 +232,11 @@ pub fn window(
 ) -> Result<InputWindow, ReplayError> {
     let mut layouts: HashMap<String, i32> = HashMap::new();
     for topic in topics {
-        let partitions =
-            broker
-                .partitions(topic)
-                .ok()
-                .flatten()
-                .ok_or_else(|| ReplayError::MissingInput {
-                    topic: topic.clone(),
-                })?;
+        let partitions = broker
+            .partitions(topic)?
+            .ok_or_else(|| ReplayError::MissingInput {
+                topic: topic.clone(),
+            })?;
         layouts.insert(topic.clone(), partitions);
     }
     for point in [Some(from), to].into_iter().flatten() {
