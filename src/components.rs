@@ -145,6 +145,9 @@ impl Starter for Components {
             "postgres" => parse_settings(&component.settings)
                 .map(|c| strata_connectors::postgres::source::topics(&c, &topology.region))
                 .unwrap_or_default(),
+            "sqlserver" => parse_settings(&component.settings)
+                .map(|c| strata_connectors::sqlserver::source::topics(&c, &topology.region))
+                .unwrap_or_default(),
             _ => Vec::new(),
         }
     }
@@ -213,25 +216,59 @@ impl Components {
                         Ok(c) => c,
                         Err(e) => return Some(settings_error(e)),
                     };
-                let ctx = strata_connectors::postgres::source::SourceContext {
-                    component: component.name.clone(),
-                    region: topology.region.clone(),
-                    kafka: topology.kafka.clone(),
-                    partitions: topology.topics.partitions,
-                    replication_factor: topology.topics.replication_factor,
-                    codec: self.codec.clone(),
-                    metrics: metrics.clone(),
-                };
                 let source: Box<dyn Source> =
                     Box::new(strata_connectors::postgres::source::PostgresSource {
                         config,
-                        context: ctx,
+                        context: source_context(topology, component, &self.codec, metrics),
                     });
+                Some(Box::pin(async move {
+                    source.run(shutdown).await.map_err(|e| e.to_string())
+                }))
+            }
+            "sqlserver" => {
+                use strata_connectors::sqlserver::{pool::TdsPool, source::SqlServerSource};
+                let config: strata_connectors::sqlserver::SqlServerSourceConfig =
+                    match parse_settings(&component.settings) {
+                        Ok(c) => c,
+                        Err(e) => return Some(settings_error(e)),
+                    };
+                let pool = match TdsPool::new(
+                    config.client_config(),
+                    &config.database,
+                    config.pool_size,
+                    config.connect_timeout.0,
+                ) {
+                    Ok(pool) => pool,
+                    Err(e) => return Some(Box::pin(async move { Err(e.to_string()) })),
+                };
+                let source: Box<dyn Source> = Box::new(SqlServerSource {
+                    config,
+                    context: source_context(topology, component, &self.codec, metrics),
+                    connect: Box::new(pool),
+                });
                 Some(Box::pin(async move {
                     source.run(shutdown).await.map_err(|e| e.to_string())
                 }))
             }
             _ => None,
         }
+    }
+}
+
+/// What every source gets from the deployment.
+fn source_context(
+    topology: &Topology,
+    component: &Component,
+    codec: &Arc<Codec>,
+    metrics: &Metrics,
+) -> strata_connectors::emitter::SourceContext {
+    strata_connectors::emitter::SourceContext {
+        component: component.name.clone(),
+        region: topology.region.clone(),
+        kafka: topology.kafka.clone(),
+        partitions: topology.topics.partitions,
+        replication_factor: topology.topics.replication_factor,
+        codec: codec.clone(),
+        metrics: metrics.clone(),
     }
 }

@@ -5,6 +5,7 @@ use apache_avro::types::Value;
 use super::position::Position;
 use super::relations::TableShape;
 use super::values::{column_value, ValueError};
+use crate::envelope::{Images, SourceFields};
 
 /// Where a change comes from, for the envelope's `source` record.
 pub struct SourceInfo<'a> {
@@ -17,13 +18,6 @@ pub struct SourceInfo<'a> {
 
 /// One row image: each column's text, `None` for NULL; `Err(())` marks an unchanged TOAST value.
 pub type RowText<'a> = Vec<Result<Option<&'a str>, ()>>;
-
-fn union(v: Option<Value>) -> Value {
-    match v {
-        Some(v) => Value::Union(1, Box::new(v)),
-        None => Value::Union(0, Box::new(Value::Null)),
-    }
-}
 
 /// The row record and the columns whose value the source did not send.
 pub fn row(shape: &TableShape, cells: &RowText<'_>) -> Result<(Value, Vec<String>), ValueError> {
@@ -49,28 +43,7 @@ pub fn row(shape: &TableShape, cells: &RowText<'_>) -> Result<(Value, Vec<String
     Ok((Value::Record(fields), unavailable))
 }
 
-/// The key record: the key columns of `row`.
-pub fn key(shape: &TableShape, row: &Value) -> Value {
-    let Value::Record(fields) = row else {
-        return Value::Null;
-    };
-    let key_fields = shape
-        .key
-        .iter()
-        .filter_map(|k| {
-            let name = strata_pipeline::avro::types::avro_name(k);
-            fields.iter().find(|(n, _)| *n == name).map(|(n, v)| {
-                // Key columns are required in the key schema; unwrap their union.
-                let v = match v {
-                    Value::Union(_, inner) => (**inner).clone(),
-                    other => other.clone(),
-                };
-                (n.clone(), v)
-            })
-        })
-        .collect();
-    Value::Record(key_fields)
-}
+pub use crate::envelope::key;
 
 /// What changed in one row.
 pub struct RowChange {
@@ -97,41 +70,28 @@ pub fn envelope(
         unavailable,
         position,
     } = change;
-    let source = Value::Record(vec![
-        ("connector".into(), Value::String("postgres".into())),
-        ("region".into(), Value::String(info.region.into())),
-        ("db".into(), Value::String(info.db.into())),
-        ("schema".into(), Value::String(shape.schema.clone())),
-        ("table".into(), Value::String(shape.table.clone())),
-        ("position".into(), Value::String(position.to_string())),
-        (
-            "lsn".into(),
-            union(Some(Value::Long(position.commit_lsn.0 as i64))),
-        ),
-        (
-            "tx_index".into(),
-            union(Some(Value::Long(i64::from(position.index)))),
-        ),
-        ("commit_lsn".into(), union(None)),
-        ("seqval".into(), union(None)),
-        (
-            "txid".into(),
-            union(info.txid.map(|x| Value::Long(i64::from(x)))),
-        ),
-        ("ts_ms".into(), Value::Long(info.commit_time_ms)),
-        ("snapshot".into(), Value::String(info.snapshot.into())),
-    ]);
-    Value::Record(vec![
-        ("before".into(), union(before)),
-        ("after".into(), union(after)),
-        ("source".into(), source),
-        ("op".into(), Value::String(op.into())),
-        ("ts_ms".into(), union(Some(Value::Long(now_ms)))),
-        (
-            "unavailable_columns".into(),
-            Value::Array(unavailable.into_iter().map(Value::String).collect()),
-        ),
-        ("origin".into(), union(None)),
-        ("hlc".into(), union(None)),
-    ])
+    let source = SourceFields {
+        connector: "postgres",
+        region: info.region,
+        db: info.db,
+        position: position.to_string(),
+        lsn: Some(position.commit_lsn.0 as i64),
+        tx_index: Some(i64::from(position.index)),
+        commit_lsn: None,
+        seqval: None,
+        txid: info.txid.map(i64::from),
+        commit_time_ms: info.commit_time_ms,
+        snapshot: info.snapshot,
+    };
+    crate::envelope::envelope(
+        shape,
+        Images {
+            op,
+            before,
+            after,
+            unavailable,
+        },
+        &source,
+        now_ms,
+    )
 }

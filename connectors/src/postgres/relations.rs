@@ -52,14 +52,7 @@ fn builtin_type(oid: u32, typmod: i32) -> Option<String> {
     })
 }
 
-/// A relation as the source uses it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TableShape {
-    pub schema: String,
-    pub table: String,
-    pub columns: Vec<Column>,
-    pub key: Vec<String>,
-}
+pub use crate::emitter::TableShape;
 
 /// What a new `Relation` message means for a table.
 #[derive(Debug, Clone, PartialEq)]

@@ -14,23 +14,18 @@
 //!   definite ones (configuration, prerequisites, a lost slot, bad data) stop it with the
 //!   error.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use apache_avro::types::Value;
 use futures::future::BoxFuture;
-use futures::stream::{FuturesOrdered, StreamExt};
 use pgwire_replication::{Lsn as WireLsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Executor, Row};
-use strata_pipeline::avro::schemas::table_schemas;
-use strata_pipeline::avro::{Codec, CodecError, Writer};
-use strata_pipeline::kafka::acks::{AckTracker, TxId};
-use strata_pipeline::kafka::{ensure_topics, KafkaError, TopicSpec};
+use strata_pipeline::kafka::acks::TxId;
 use strata_pipeline::ops::shutdown::CancellationToken;
 use strata_pipeline::runtime::{Source, SourceFailure};
-use strata_pipeline::topology::KafkaSettings;
+
+pub use crate::emitter::{topic_name, SourceContext};
+use crate::emitter::{EmitError, Emitter};
 
 use super::config::{PostgresSourceConfig, SnapshotMode};
 use super::events::{self, RowChange, RowText, SourceInfo};
@@ -49,11 +44,7 @@ pub enum SourceError {
     #[error("replication connection failed: {0}")]
     Replication(#[from] pgwire_replication::PgWireError),
     #[error(transparent)]
-    Codec(#[from] CodecError),
-    #[error(transparent)]
-    Kafka(#[from] KafkaError),
-    #[error("Kafka did not accept an event: {0}")]
-    Delivery(#[source] rdkafka::error::KafkaError),
+    Emit(#[from] EmitError),
     #[error("corrupt replication message: {0}")]
     Decode(#[from] pgoutput::DecodeError),
     #[error("{0}")]
@@ -93,137 +84,10 @@ impl SourceError {
                     || matches!(e, pgwire_replication::PgWireError::Server(message)
                         if message.rsplit_once("SQLSTATE ").is_some_and(|(_, code)| transient_sqlstate(code.trim_end_matches(')'))))
             }
-            SourceError::Kafka(e) => e.is_transient(),
-            SourceError::Codec(e) => e.is_transient(),
-            SourceError::Delivery(_) | SourceError::SnapshotState(_) => true,
+            SourceError::Emit(e) => e.is_transient(),
+            SourceError::SnapshotState(_) => true,
             _ => false,
         }
-    }
-}
-
-/// Everything the source needs from the deployment around it.
-pub struct SourceContext {
-    /// The component's name in the topology (metric label).
-    pub component: String,
-    pub region: String,
-    pub kafka: KafkaSettings,
-    pub partitions: i32,
-    pub replication_factor: i16,
-    pub codec: std::sync::Arc<Codec>,
-    /// Snapshot progress (`strata_snapshot_rows`, `strata_snapshot_rows_estimated`).
-    pub metrics: strata_pipeline::ops::metrics::Metrics,
-}
-
-struct TableWriters {
-    topic: String,
-    key: Writer,
-    value: Writer,
-}
-
-type Delivery = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (TxId, Result<(), rdkafka::error::KafkaError>)> + Send>,
->;
-
-struct Emitter<'a> {
-    ctx: &'a SourceContext,
-    db: String,
-    producer: FutureProducer,
-    writers: HashMap<(String, String), TableWriters>,
-    tracker: AckTracker<Lsn>,
-    deliveries: FuturesOrdered<Delivery>,
-    max_in_flight: usize,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-impl Emitter<'_> {
-    async fn writers_for(
-        &mut self,
-        shape: &TableShape,
-        refresh: bool,
-    ) -> Result<&TableWriters, SourceError> {
-        let id = (shape.schema.clone(), shape.table.clone());
-        if refresh || !self.writers.contains_key(&id) {
-            let topic = topic_name(&self.ctx.region, &self.db, &shape.schema, &shape.table);
-            ensure_topics(
-                &strata_pipeline::kafka::client_config(&self.ctx.kafka),
-                &[TopicSpec {
-                    name: topic.clone(),
-                    partitions: self.ctx.partitions,
-                    replication_factor: self.ctx.replication_factor,
-                    compacted: false,
-                }],
-            )
-            .await?;
-            let schemas = table_schemas(
-                &topic,
-                &format!("{}.{}", shape.schema, shape.table),
-                &shape.columns,
-                &shape.key,
-            )?;
-            let key = self
-                .ctx
-                .codec
-                .register(&format!("{topic}-key"), &schemas.key)
-                .await?;
-            let value = self
-                .ctx
-                .codec
-                .register(&format!("{topic}-value"), &schemas.value)
-                .await?;
-            self.writers
-                .insert(id.clone(), TableWriters { topic, key, value });
-        }
-        Ok(&self.writers[&id])
-    }
-
-    /// Sends one event (a truncate has no key); waits for deliveries when too many are
-    /// in flight (back-pressure).
-    async fn send(
-        &mut self,
-        tx: TxId,
-        shape: &TableShape,
-        key: Option<&Value>,
-        value: &Value,
-    ) -> Result<(), SourceError> {
-        while self.deliveries.len() >= self.max_in_flight {
-            self.settle_one().await?;
-        }
-        let w = self.writers_for(shape, false).await?;
-        let key_bytes = key.map(|k| w.key.encode(k)).transpose()?;
-        let (value_bytes, topic) = (w.value.encode(value)?, w.topic.clone());
-        let producer = self.producer.clone();
-        self.tracker.sent(tx);
-        self.deliveries.push_back(Box::pin(async move {
-            let mut record = FutureRecord::to(&topic).payload(&value_bytes);
-            if let Some(k) = &key_bytes {
-                record = record.key(k);
-            }
-            let result = producer
-                .send(record, rdkafka::util::Timeout::Never)
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e);
-            (tx, result)
-        }));
-        Ok(())
-    }
-
-    async fn settle_one(&mut self) -> Result<(), SourceError> {
-        if let Some((tx, result)) = self.deliveries.next().await {
-            result.map_err(SourceError::Delivery)?;
-            self.tracker.acked(tx);
-        }
-        Ok(())
-    }
-
-    async fn drain(&mut self) -> Result<(), SourceError> {
-        while !self.deliveries.is_empty() {
-            self.settle_one().await?;
-        }
-        Ok(())
     }
 }
 
@@ -241,11 +105,6 @@ fn cells_text(cells: &[Cell]) -> RowText<'_> {
 /// The database name from connection options, for topic names.
 fn database_name(options: &PgConnectOptions) -> String {
     options.get_database().unwrap_or("postgres").to_string()
-}
-
-/// The topic of one captured table: `<region>.cdc.<db>.<schema>.<table>`.
-pub fn topic_name(region: &str, db: &str, schema: &str, table: &str) -> String {
-    format!("{region}.cdc.{db}.{schema}.{table}")
 }
 
 /// The topics the source writes, one per captured table.
@@ -390,17 +249,9 @@ async fn run_once(
         None => replication,
     };
     let mut client = ReplicationClient::connect_gated(replication).await?;
-    let producer = strata_pipeline::kafka::producer(&ctx.kafka)?;
-    let mut emitter = Emitter {
-        ctx,
-        db: database_name(&options),
-        producer,
-        writers: HashMap::new(),
-        tracker: AckTracker::new(start),
-        deliveries: FuturesOrdered::new(),
-        // Bounded in events, not bytes yet: the byte budget is read as ~1 KiB per event.
-        max_in_flight: (config.max_in_flight_bytes.0 / 1024).clamp(64, 100_000) as usize,
-    };
+    // Bounded in events, not bytes yet: the byte budget is read as ~1 KiB per event.
+    let max_in_flight = (config.max_in_flight_bytes.0 / 1024).clamp(64, 100_000) as usize;
+    let mut emitter = Emitter::new(ctx, database_name(&options), start, max_in_flight)?;
 
     if slot.is_none() {
         let export = if config.snapshot == SnapshotMode::Initial {
@@ -515,7 +366,7 @@ async fn snapshot_tables(
     snapshot: &str,
     tables: &[prerequisites::TableInfo],
     consistent: Lsn,
-    emitter: &mut Emitter<'_>,
+    emitter: &mut Emitter<'_, Lsn>,
     shutdown: &CancellationToken,
 ) -> Result<bool, SourceError> {
     let mut conn = PgConnection::connect_with(options).await?;
@@ -561,7 +412,7 @@ async fn snapshot_tables(
                 })
                 .collect(),
         };
-        emitter.writers_for(&shape, false).await?;
+        emitter.prepare(&shape, false).await?;
         let qualified = table.qualified();
         let labels = [config.slot.as_str(), qualified.as_str()];
         let done_gauge = emitter.ctx.metrics.snapshot_rows.with_label_values(&labels);
@@ -622,7 +473,7 @@ async fn snapshot_tables(
                     region: &emitter.ctx.region,
                     db: &emitter.db,
                     txid: None,
-                    commit_time_ms: now_ms(),
+                    commit_time_ms: crate::emitter::now_ms(),
                     snapshot: "true",
                 };
                 let change = RowChange {
@@ -635,7 +486,7 @@ async fn snapshot_tables(
                         index,
                     },
                 };
-                let value = events::envelope(&shape, change, &info, now_ms());
+                let value = events::envelope(&shape, change, &info, crate::emitter::now_ms());
                 emitter.send(tx, &shape, Some(&key), &value).await?;
                 index = index.wrapping_add(1);
             }
@@ -670,7 +521,7 @@ impl OpenTx {
         position
     }
 
-    fn info<'a>(&self, emitter: &'a Emitter<'_>) -> SourceInfo<'a> {
+    fn info<'a>(&self, emitter: &'a Emitter<'_, Lsn>) -> SourceInfo<'a> {
         SourceInfo {
             region: &emitter.ctx.region,
             db: &emitter.db,
@@ -683,7 +534,7 @@ impl OpenTx {
 
 async fn stream(
     client: &mut ReplicationClient,
-    emitter: &mut Emitter<'_>,
+    emitter: &mut Emitter<'_, Lsn>,
     shutdown: &CancellationToken,
 ) -> Result<(), SourceError> {
     let mut relations = RelationCache::default();
@@ -691,9 +542,8 @@ async fn stream(
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            Some((tx, result)) = emitter.deliveries.next(), if !emitter.deliveries.is_empty() => {
-                result.map_err(SourceError::Delivery)?;
-                emitter.tracker.acked(tx);
+            settled = emitter.settle_one(), if emitter.in_flight() => {
+                settled?;
                 if let Some(lsn) = emitter.tracker.confirmed() {
                     client.update_applied_lsn(WireLsn::from_u64(lsn.0));
                 }
@@ -722,7 +572,7 @@ async fn stream(
                 }
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
-                if open.is_none() && emitter.deliveries.is_empty() {
+                if open.is_none() && !emitter.in_flight() {
                     let tx = emitter.tracker.begin();
                     emitter.tracker.seal(tx, Lsn(wal_end.as_u64()));
                 }
@@ -743,7 +593,7 @@ async fn handle_message(
     message: Message,
     relations: &mut RelationCache,
     open: Option<&mut OpenTx>,
-    emitter: &mut Emitter<'_>,
+    emitter: &mut Emitter<'_, Lsn>,
 ) -> Result<(), SourceError> {
     let changed = |oid: u32, relations: &RelationCache| {
         relations
@@ -756,7 +606,7 @@ async fn handle_message(
             let (shape, change) = relations.update(&r, &|_, _| None)?;
             if change != super::relations::Change::Unchanged {
                 tracing::info!(table = %format!("{}.{}", shape.schema, shape.table), ?change, "table schema");
-                emitter.writers_for(&shape, true).await?;
+                emitter.prepare(&shape, true).await?;
             }
             return Ok(());
         }
@@ -779,7 +629,8 @@ async fn handle_message(
                     unavailable: Vec::new(),
                     position: tx.next_position(),
                 };
-                let value = events::envelope(&shape, change, &tx.info(emitter), now_ms());
+                let value =
+                    events::envelope(&shape, change, &tx.info(emitter), crate::emitter::now_ms());
                 emitter.send(tx.id, &shape, None, &value).await?;
             }
             return Ok(());
@@ -809,6 +660,7 @@ async fn handle_message(
         unavailable,
         position: tx.next_position(),
     };
-    let value = events::envelope(&shape, change, &tx.info(emitter), now_ms());
-    emitter.send(tx.id, &shape, Some(&key), &value).await
+    let value = events::envelope(&shape, change, &tx.info(emitter), crate::emitter::now_ms());
+    emitter.send(tx.id, &shape, Some(&key), &value).await?;
+    Ok(())
 }

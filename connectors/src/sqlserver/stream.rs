@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 
 use super::lsn::{Lsn, Offset, Operation, Position};
 
@@ -33,6 +34,17 @@ pub struct CaptureInstance {
     pub name: String,
     /// First LSN this instance captured.
     pub start_lsn: Lsn,
+}
+
+/// A column a capture instance captures, as its change table declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedColumn {
+    pub name: String,
+    /// The SQL Server type with its modifiers (`decimal(12,2)`), as
+    /// `ColumnType::from_sqlserver` reads it.
+    pub type_name: String,
+    /// Part of the primary key (the instance's index columns).
+    pub key: bool,
 }
 
 /// One row of `cdc.fn_cdc_get_all_changes_<instance>`.
@@ -77,6 +89,8 @@ pub enum CdcError {
     Permission(String),
     #[error("change {position} of `{table}` is an update's before-image without its after-image")]
     UnpairedUpdate { table: String, position: String },
+    #[error("snapshot isolation is not allowed on database `{database}`, and the initial snapshot reads under it (a consistent view without locking the legacy tables); run `ALTER DATABASE [{database}] SET ALLOW_SNAPSHOT_ISOLATION ON`")]
+    SnapshotIsolationOff { database: String },
     #[error("SQL Server is unreachable or failed: {0}")]
     Transient(String),
     #[error("SQL Server answered something unexpected: {0}")]
@@ -91,7 +105,13 @@ impl CdcError {
     }
 }
 
-/// What the stream needs from SQL Server.
+/// What the source needs from SQL Server.
+///
+/// Contract: `changes` answers in (start LSN, seqval, operation) order with both window
+/// ends inclusive; `snapshot_rows` is called only between `begin_snapshot` and
+/// `end_snapshot`, and every row it yields is as of the LSN `begin_snapshot` returned
+/// (SNAPSHOT isolation: the transaction's first read fixes its view). Errors say whether
+/// a retry may help ([`CdcError::is_transient`]); a reader is dropped after any error.
 pub trait CdcReader: Send {
     type Row: Clone + Send;
 
@@ -112,6 +132,41 @@ pub trait CdcReader: Send {
         from: Lsn,
         to: Lsn,
     ) -> BoxFuture<'a, Result<Vec<ChangeRow<Self::Row>>, CdcError>>;
+
+    /// The captured columns of `instance`, in column order.
+    fn columns<'a>(
+        &'a mut self,
+        instance: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CapturedColumn>, CdcError>>;
+
+    /// Opens the snapshot transaction (SNAPSHOT isolation) and returns
+    /// `sys.fn_cdc_get_max_lsn()` as it sees it: every change at or before that LSN is in
+    /// the snapshot's rows, every later one is not.
+    fn begin_snapshot(&mut self) -> BoxFuture<'_, Result<Lsn, CdcError>>;
+
+    /// Every row of `table` (`schema.table`), its `columns` in that order.
+    fn snapshot_rows<'a>(
+        &'a mut self,
+        table: &'a str,
+        columns: &'a [String],
+    ) -> BoxStream<'a, Result<Self::Row, CdcError>>;
+
+    /// Commits the snapshot transaction.
+    fn end_snapshot(&mut self) -> BoxFuture<'_, Result<(), CdcError>>;
+}
+
+/// The newest capture instance of `table`: the one whose columns describe its rows now.
+pub fn current_instance<'a>(
+    instances: &'a [CaptureInstance],
+    table: &str,
+) -> Result<&'a CaptureInstance, CdcError> {
+    instances
+        .iter()
+        .filter(|i| i.table == table)
+        .max_by_key(|i| i.start_lsn)
+        .ok_or_else(|| CdcError::TableNotEnabled {
+            table: table.to_string(),
+        })
 }
 
 /// Where each table's changes come from over `[from, to]`: (instance, lo, hi) windows.
@@ -149,7 +204,7 @@ pub fn plan_windows(
 /// One poll: the changes after `offset` (or from `start` without one), at most `limit`
 /// events, in commit order. `start` is where streaming begins when nothing was read yet
 /// (the snapshot's LSN, inclusive).
-pub async fn poll<C: CdcReader>(
+pub async fn poll<C: CdcReader + ?Sized>(
     reader: &mut C,
     tables: &[String],
     offset: Option<Offset>,

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub sink_batch_rows: HistogramVec,
     pub up: IntGaugeVec,
     pub ready: IntGaugeVec,
+    pub circuit_open: IntGaugeVec,
     pub replay_events: IntGaugeVec,
     /// Every series name defined here (with the `strata_` prefix), for checking
     /// dashboards and alert rules against.
@@ -154,6 +155,11 @@ impl Metrics {
             ready: gauge(
                 "component_ready",
                 "1 once a component is ready: connected, and a processor's assigned partitions restored",
+                &["component"],
+            ),
+            circuit_open: gauge(
+                "source_circuit_open",
+                "1 while a source's circuit breaker is open: its server failed repeatedly and is left alone for a while",
                 &["component"],
             ),
             replay_events: gauge(

@@ -110,6 +110,12 @@ CREATE TABLE generator.anomaly_labels (
 );
 GO
 
+-- The CDC source reads its initial snapshot under SNAPSHOT isolation (a consistent view
+-- that takes no shared locks on the legacy tables).
+IF (SELECT snapshot_isolation_state FROM sys.databases WHERE name = DB_NAME()) = 0
+ALTER DATABASE CURRENT SET ALLOW_SNAPSHOT_ISOLATION ON;
+GO
+
 -- Change data capture: the database, then each captured table (all update images).
 IF (SELECT is_cdc_enabled FROM sys.databases WHERE name = DB_NAME()) = 0
 EXEC sys.sp_cdc_enable_db;

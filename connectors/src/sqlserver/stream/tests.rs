@@ -52,6 +52,30 @@ impl CdcReader for FakeServer {
             Ok(rows)
         })
     }
+
+    // The stream does not snapshot; the source's tests cover these.
+    fn columns<'a>(
+        &'a mut self,
+        _instance: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CapturedColumn>, CdcError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn begin_snapshot(&mut self) -> BoxFuture<'_, Result<Lsn, CdcError>> {
+        Box::pin(async move { Ok(self.max) })
+    }
+
+    fn snapshot_rows<'a>(
+        &'a mut self,
+        _table: &'a str,
+        _columns: &'a [String],
+    ) -> BoxStream<'a, Result<u32, CdcError>> {
+        Box::pin(futures::stream::empty())
+    }
+
+    fn end_snapshot(&mut self) -> BoxFuture<'_, Result<(), CdcError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 fn lsn(n: u64) -> Lsn {
