@@ -100,6 +100,8 @@ pub struct Emitter<'a, P> {
     pub tracker: AckTracker<P>,
     deliveries: FuturesOrdered<Delivery>,
     max_in_flight: usize,
+    /// `strata_events_out_total` of the source: events Kafka acknowledged.
+    events_out: prometheus::IntCounter,
 }
 
 impl<'a, P: Copy + Ord> Emitter<'a, P> {
@@ -117,6 +119,7 @@ impl<'a, P: Copy + Ord> Emitter<'a, P> {
             tracker: AckTracker::new(confirmed),
             deliveries: FuturesOrdered::new(),
             max_in_flight: max_in_flight.max(1),
+            events_out: ctx.metrics.events_out.with_label_values(&[&ctx.component]),
         })
     }
 
@@ -199,6 +202,7 @@ impl<'a, P: Copy + Ord> Emitter<'a, P> {
             Some((tx, result)) => {
                 result.map_err(EmitError::Delivery)?;
                 self.tracker.acked(tx);
+                self.events_out.inc();
                 Ok(true)
             }
             None => Ok(false),
