@@ -13,15 +13,15 @@ use strata_pipeline::ops::metrics::Metrics;
 use strata_pipeline::ops::shutdown::CancellationToken;
 use strata_pipeline::processors;
 use strata_pipeline::runtime::{
-    processor_spec, run_processor, run_sink, sink_spec, ComponentTask, Processor, ProcessorEnv,
-    Sink, Source, Starter,
+    processor_spec, run_processor, run_sink, sink_spec, ComponentError, ComponentTask, Processor,
+    ProcessorEnv, Sink, Source, Starter,
 };
 use strata_pipeline::topology::{parse_settings, Catalog, Component, SettingsError, Topology};
 
 /// A task that fails at once with a settings error (validation normally catches these).
 fn settings_error(e: SettingsError) -> ComponentTask {
     let message = format!("{}: {}", e.path, e.message);
-    Box::pin(async move { Err(message) })
+    Box::pin(async move { Err(ComponentError::definite(message)) })
 }
 
 pub fn catalog() -> Catalog {
@@ -120,7 +120,9 @@ impl Starter for Components {
                     Ok(Ok(tiering)) => Box::new(tiering),
                     Ok(Err(key)) => {
                         let message = format!("component `{}`: {key}", component.name);
-                        return Some(Box::pin(async move { Err(message) }));
+                        return Some(Box::pin(
+                            async move { Err(ComponentError::definite(message)) },
+                        ));
                     }
                     Err(e) => return Some(settings_error(e)),
                 }
@@ -136,7 +138,7 @@ impl Starter for Components {
         Some(Box::pin(async move {
             run_processor(spec, env, processor, shutdown)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(ComponentError::from)
         }))
     }
 
@@ -198,7 +200,7 @@ impl Components {
         Some(Box::pin(async move {
             run_sink(spec, kafka, codec, metrics, sink, shutdown)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(ComponentError::from)
         }))
     }
 
@@ -222,7 +224,10 @@ impl Components {
                         context: source_context(topology, component, &self.codec, metrics),
                     });
                 Some(Box::pin(async move {
-                    source.run(shutdown).await.map_err(|e| e.to_string())
+                    source
+                        .run(shutdown)
+                        .await
+                        .map_err(|e| ComponentError::definite(e.to_string()))
                 }))
             }
             "sqlserver" => {
@@ -239,7 +244,10 @@ impl Components {
                     config.connect_timeout.0,
                 ) {
                     Ok(pool) => pool,
-                    Err(e) => return Some(Box::pin(async move { Err(e.to_string()) })),
+                    Err(e) => {
+                        let error = ComponentError::definite(e.to_string());
+                        return Some(Box::pin(async move { Err(error) }));
+                    }
                 };
                 let source: Box<dyn Source> = Box::new(SqlServerSource {
                     config,
@@ -247,7 +255,10 @@ impl Components {
                     connect: Box::new(pool),
                 });
                 Some(Box::pin(async move {
-                    source.run(shutdown).await.map_err(|e| e.to_string())
+                    source
+                        .run(shutdown)
+                        .await
+                        .map_err(|e| ComponentError::definite(e.to_string()))
                 }))
             }
             _ => None,

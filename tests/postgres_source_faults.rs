@@ -33,8 +33,6 @@ use strata_pipeline::topology::KafkaSettings;
 /// Restarting shared services: one scenario at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const SERVICES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
-
 enum Fault {
     /// SIGKILL once during the snapshot, then `kills` times while the writer runs.
     Kills { seed: u64, kills: usize },
@@ -51,29 +49,7 @@ struct Scenario {
     fault: Fault,
 }
 
-/// A tiny deterministic generator, so a failing seed can be rerun.
-struct Lcg(u64);
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
-
-fn services(command: &str) {
-    let out = Command::new(SERVICES)
-        .arg(command)
-        .output()
-        .expect("scripts/services.sh runs");
-    assert!(
-        out.status.success(),
-        "scripts/services.sh {command} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use support::{services, Lcg};
 
 /// `strata run` of a topology holding just the source.
 struct Pipeline {

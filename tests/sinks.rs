@@ -4,8 +4,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use apache_avro::types::Value;
@@ -178,48 +177,6 @@ async fn writing_twice_or_reordered_gives_identical_tables() {
     );
 }
 
-/// A TCP proxy in front of PostgreSQL that can refuse and cut connections.
-struct Proxy {
-    port: u16,
-    down: Arc<AtomicBool>,
-    /// Connections currently relayed.
-    live: Arc<AtomicUsize>,
-}
-
-async fn proxy(target: String) -> Proxy {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let down = Arc::new(AtomicBool::new(false));
-    let live = Arc::new(AtomicUsize::new(0));
-    let (flag, counter) = (down.clone(), live.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            if flag.load(Ordering::SeqCst) {
-                continue; // dropped: connection refused in effect
-            }
-            let (target, flag, counter) = (target.clone(), flag.clone(), counter.clone());
-            tokio::spawn(async move {
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
-                    return;
-                };
-                counter.fetch_add(1, Ordering::SeqCst);
-                let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                let cut = async {
-                    while !flag.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                };
-                tokio::select! { _ = copy => {}, _ = cut => {} }
-                counter.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-    });
-    Proxy { port, down, live }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_down_for_ten_seconds_is_retried_and_loses_nothing() {
     let (url, _db) = support::fresh_db("sinks_down").await;
@@ -229,7 +186,7 @@ async fn a_store_down_for_ten_seconds_is_retried_and_loses_nothing() {
         .and_then(|s| s.split('/').next())
         .unwrap()
         .to_string();
-    let p = proxy(target).await;
+    let p = support::proxy::proxy(target).await;
     let proxied = url.replacen(
         &url.split('@')
             .nth(1)

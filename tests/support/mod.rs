@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod proxy;
 pub mod stores;
 
 use std::future::Future;
@@ -172,4 +173,30 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A tiny deterministic generator, so a failing seed can be rerun.
+pub struct Lcg(pub u64);
+impl Lcg {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// Runs `scripts/services.sh <command>` (restart-broker, restart-postgres …).
+pub fn services(command: &str) {
+    let out =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
+            .arg(command)
+            .output()
+            .expect("scripts/services.sh runs");
+    assert!(
+        out.status.success(),
+        "scripts/services.sh {command} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

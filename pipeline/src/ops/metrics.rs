@@ -14,6 +14,7 @@ pub struct Metrics {
     pub events_out: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub source_restarts: IntCounterVec,
+    pub component_restarts: IntCounterVec,
     pub processing_seconds: HistogramVec,
     pub consumer_lag: IntGaugeVec,
     pub replication_lag_bytes: IntGaugeVec,
@@ -91,6 +92,10 @@ impl Metrics {
             source_restarts: counter(
                 "source_restarts_total",
                 "Times a source restarted from its confirmed position after a transient failure",
+            ),
+            component_restarts: counter(
+                "component_restarts_total",
+                "Times the runtime started a processor or sink again after a transient failure",
             ),
             processing_seconds: histogram(
                 "processing_seconds",

@@ -68,6 +68,47 @@ impl RunError {
     pub(crate) fn join(e: tokio::task::JoinError) -> Self {
         RunError::Join(e.to_string())
     }
+
+    /// Whether running the component again may succeed without anyone changing
+    /// anything: the broker or the registry was away (a restart, a network cut).
+    pub fn is_transient(&self) -> bool {
+        use rdkafka::error::KafkaError as Rd;
+        match self {
+            RunError::Kafka(e) => e.is_transient(),
+            RunError::KafkaIo { source, .. } => {
+                !matches!(source, Rd::ClientConfig(..) | Rd::ClientCreation(_))
+            }
+            RunError::Codec(e) => e.is_transient(),
+            RunError::RestoreStalled { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Why a component stopped, and whether the runtime should start it again.
+#[derive(Debug, Clone)]
+pub struct ComponentError {
+    pub message: String,
+    pub transient: bool,
+}
+
+impl ComponentError {
+    /// A failure that needs a person: the run stops with it.
+    pub fn definite(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: false,
+        }
+    }
+}
+
+impl From<RunError> for ComponentError {
+    fn from(e: RunError) -> Self {
+        Self {
+            transient: e.is_transient(),
+            message: e.to_string(),
+        }
+    }
 }
 
 /// Runs blocking work (RocksDB, librdkafka metadata calls) without stalling the async
@@ -83,8 +124,9 @@ pub(crate) fn off_async<T>(f: impl FnOnce() -> T) -> T {
 pub type RuntimeError = RunError;
 
 /// A running component: finishes when `shutdown` is cancelled (after draining) or fails.
+/// A transient failure starts it again (from its last commit) after a backoff.
 pub type ComponentTask =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ComponentError>> + Send>>;
 
 /// Starts the components this build can run; the rest are only checked.
 pub trait Starter {
@@ -205,6 +247,36 @@ pub fn output_topics(topology: &Topology) -> Vec<TopicSpec> {
     topics
 }
 
+/// Waits before a component's next start: 1 s, doubling to 30 s for failures in a row,
+/// from 1 s again once it ran for a minute.
+#[derive(Default)]
+struct Backoff {
+    components: std::collections::HashMap<String, (std::time::Duration, std::time::Instant)>,
+}
+
+impl Backoff {
+    fn failed(&mut self, component: &str) -> std::time::Duration {
+        use std::time::{Duration, Instant};
+        let first = Duration::from_secs(1);
+        let (wait, started) = self
+            .components
+            .entry(component.to_string())
+            .or_insert((first, Instant::now()));
+        if started.elapsed() > Duration::from_secs(60) {
+            *wait = first;
+        }
+        let this = *wait;
+        *wait = (*wait * 2).min(Duration::from_secs(30));
+        this
+    }
+
+    fn started(&mut self, component: &str) {
+        if let Some((_, started)) = self.components.get_mut(component) {
+            *started = std::time::Instant::now();
+        }
+    }
+}
+
 /// Sets `ready` (what `/ready` answers) once every started component reports itself
 /// ready in `strata_component_ready`.
 async fn mark_ready_when_all_are(
@@ -300,21 +372,45 @@ pub async fn run(
     // A component that fails stops the whole deployment: its inputs are no longer read,
     // and a restart (by the supervisor) resumes every component from its last commit.
     let mut failure = None;
-    let mut record = |joined: Result<(String, Result<(), String>), tokio::task::JoinError>| {
-        let (component, message) = match joined {
-            Ok((_, Ok(()))) => return,
-            Ok((name, Err(message))) => (name, message),
-            Err(e) => ("?".to_string(), e.to_string()),
+    let mut record =
+        |joined: Result<(String, Result<(), ComponentError>), tokio::task::JoinError>| {
+            let (component, message) = match joined {
+                Ok((_, Ok(()))) => return,
+                Ok((name, Err(e))) => (name, e.message),
+                Err(e) => ("?".to_string(), e.to_string()),
+            };
+            tracing::error!(%component, %message, "component failed; stopping");
+            metrics.up.with_label_values(&[component.as_str()]).set(0);
+            failure.get_or_insert(RunError::Component { component, message });
+            shutdown.cancel();
         };
-        tracing::error!(%component, %message, "component failed; stopping");
-        metrics.up.with_label_values(&[component.as_str()]).set(0);
-        failure.get_or_insert(RunError::Component { component, message });
-        shutdown.cancel();
-    };
+    // A transient failure (the broker restarted, say) starts the component again after
+    // a backoff, from its last commit, as a process restart would; the others go on.
+    let mut restarts = tokio::task::JoinSet::new();
+    let mut backoff = Backoff::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(joined) = tasks.join_next() => record(joined),
+            Some(joined) = tasks.join_next() => match joined {
+                Ok((name, Err(e))) if e.transient && !shutdown.is_cancelled() => {
+                    let wait = backoff.failed(&name);
+                    tracing::warn!(component = %name, error = %e.message, retry_in = ?wait, "component failed transiently; starting it again");
+                    metrics.component_restarts.with_label_values(&[name.as_str()]).inc();
+                    metrics.ready.with_label_values(&[name.as_str()]).set(0);
+                    restarts.spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        name
+                    });
+                }
+                other => record(other),
+            },
+            Some(Ok(name)) = restarts.join_next() => {
+                let Some(c) = topology.components.iter().find(|c| c.name == name) else { continue };
+                if let Some(task) = starter.start(&topology, c, &metrics, shutdown.clone()) {
+                    backoff.started(&name);
+                    tasks.spawn(async move { (name, task.await) });
+                }
+            }
         }
     }
     let drain_timeout = topology.shutdown.drain_timeout.0;
