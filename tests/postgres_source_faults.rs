@@ -24,8 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apache_avro::types::Value;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sqlx::{Connection, Executor, PgConnection};
 use strata_connectors::postgres::snapshot_state::{Progress, SnapshotState};
 use strata_pipeline::topology::KafkaSettings;
@@ -49,7 +47,7 @@ struct Scenario {
     fault: Fault,
 }
 
-use support::{services, Lcg};
+use support::{read_topic, services, Lcg};
 
 /// `strata run` of a topology holding just the source.
 struct Pipeline {
@@ -225,50 +223,6 @@ async fn write_changes(url: String, phase: Phase, next_id: Arc<AtomicI64>, stop:
 }
 
 /// Every record of `topic`, partition by partition in offset order.
-fn read_topic(topic: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", support::kafka_brokers())
-        .set("group.id", support::unique("faults-check"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions: Vec<i32> = metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect();
-    let mut records = Vec::new();
-    for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .unwrap();
-        if high <= low {
-            continue;
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, Offset::Offset(low))
-            .unwrap();
-        consumer.assign(&tpl).unwrap();
-        let mut next = low;
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while next < high {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "reading {topic}/{p} stalled at {next} of {high}"
-            );
-            if let Some(m) = consumer.poll(Duration::from_millis(500)) {
-                let m = m.unwrap();
-                next = m.offset() + 1;
-                records.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap().to_vec()));
-            }
-        }
-    }
-    records
-}
-
 fn field<'a>(record: &'a Value, name: &str) -> &'a Value {
     let Value::Record(fields) = record else {
         panic!("a record: {record:?}")

@@ -137,6 +137,29 @@ async fn quickstart_stores_match_the_source() {
         .unwrap();
         assert_eq!(exposed, 0, "members with PII in clear in the {store} store");
     }
+    // Nor in any record of the cloud tiers' topics: no source SSN in their bytes.
+    let ssns: Vec<String> = sqlx::query_scalar("SELECT ssn FROM public.members")
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+    for tier in ["hot", "warm"] {
+        let topic = format!("{region}.tiering.{tier}");
+        let records = tokio::task::spawn_blocking(move || support::read_topic(&topic))
+            .await
+            .unwrap();
+        assert!(!records.is_empty(), "the {tier} tier's topic has records");
+        let exposed = records
+            .iter()
+            .filter(|(_, payload)| {
+                ssns.iter()
+                    .any(|ssn| payload.windows(ssn.len()).any(|w| w == ssn.as_bytes()))
+            })
+            .count();
+        assert_eq!(
+            exposed, 0,
+            "records with an SSN in clear in the {tier} tier's topic"
+        );
+    }
     let members: i64 = sqlx::query_scalar("SELECT count(*) FROM hot.members")
         .fetch_one(&mut c)
         .await

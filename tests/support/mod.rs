@@ -200,3 +200,50 @@ pub fn services(command: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Every record of `topic` up to its current end: (key, payload).
+pub fn read_topic(topic: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", unique("faults-check"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    let mut records = Vec::new();
+    for p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        if high <= low {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, Offset::Offset(low))
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut next = low;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while next < high {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reading {topic}/{p} stalled at {next} of {high}"
+            );
+            if let Some(m) = consumer.poll(Duration::from_millis(500)) {
+                let m = m.unwrap();
+                next = m.offset() + 1;
+                records.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap().to_vec()));
+            }
+        }
+    }
+    records
+}
