@@ -194,7 +194,7 @@ fn bench(c: &mut Criterion) {
             .expect("port");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (dir, stop) = (dir.path().to_path_buf(), stop.clone());
-        tokio::spawn(async move { strata::registry::serve_on(listener, dir, stop).await });
+        tokio::spawn(async move { strata::registry::serve_on(listener, dir, None, stop).await });
         url
     });
     let settings = RegistrySettings {

@@ -96,6 +96,17 @@ enum Command {
             env = "STRATA_REGISTRY_DIR"
         )]
         data_dir: PathBuf,
+        /// With `--write-password`: the one user allowed to register schemas, delete
+        /// and change settings (HTTP basic auth); reads stay open.
+        #[arg(long, env = "STRATA_REGISTRY_WRITE_USER", requires = "write_password")]
+        write_user: Option<String>,
+        #[arg(
+            long,
+            env = "STRATA_REGISTRY_WRITE_PASSWORD",
+            hide_env_values = true,
+            requires = "write_user"
+        )]
+        write_password: Option<String>,
     },
 }
 
@@ -386,7 +397,21 @@ fn main() -> ExitCode {
         },
         Command::Generate(args) => block_on(generate(args)),
         Command::Bench(args) => block_on(run_bench(args)),
-        Command::Registry { listen, data_dir } => block_on(registry::serve(listen, data_dir)),
+        Command::Registry {
+            listen,
+            data_dir,
+            write_user,
+            write_password,
+        } => {
+            let auth =
+                write_user
+                    .zip(write_password)
+                    .map(|(user, password)| registry::auth::WriteAuth {
+                        user,
+                        password: strata_pipeline::secret::Secret::new(password),
+                    });
+            block_on(registry::serve(listen, data_dir, auth))
+        }
         Command::Archive(ArchiveCommand::Verify { path }) => block_on(verify_archive(path)),
     }
 }

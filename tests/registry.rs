@@ -225,3 +225,79 @@ async fn state_survives_a_restart() {
     assert_eq!(b["id"], 3, "ids continue after a restart");
     r.shutdown().await;
 }
+
+#[tokio::test]
+async fn write_endpoints_can_require_credentials() {
+    use reqwest::Method as M;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = strata::registry::auth::WriteAuth {
+        user: "admin".into(),
+        password: strata_pipeline::secret::Secret::new("s3cret"),
+    };
+    let r = support::start_registry_with_auth(dir.path(), Some(auth)).await;
+    let url = format!("{}/subjects/claims-value/versions", r.url);
+    let client = reqwest::Client::new();
+    let register = |user: Option<(&str, &str)>| {
+        let mut req = client
+            .post(&url)
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .body(json!({ "schema": V1 }).to_string());
+        if let Some((u, p)) = user {
+            req = req.basic_auth(u, Some(p));
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = register(None).await;
+    assert_eq!(
+        (status, body["error_code"].clone()),
+        (401, json!(40101)),
+        "{body}"
+    );
+    assert_eq!(register(Some(("admin", "wrong"))).await.0, 401);
+    let (status, body) = register(Some(("admin", "s3cret"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["id"].is_number());
+    // Reads and lookups stay open; deletes and settings are writes.
+    let (status, subjects) = call(M::GET, format!("{}/subjects", r.url), None).await;
+    assert_eq!((status, subjects), (200, json!(["claims-value"])));
+    let (status, _) = call(
+        M::POST,
+        format!("{}/subjects/claims-value", r.url),
+        schema(V1),
+    )
+    .await;
+    assert_eq!(status, 200, "a lookup needs no credentials");
+    let (status, _) = call(M::DELETE, format!("{}/subjects/claims-value", r.url), None).await;
+    assert_eq!(status, 401);
+    let (status, _) = call(
+        M::PUT,
+        format!("{}/config", r.url),
+        Some(json!({"compatibility": "NONE"})),
+    )
+    .await;
+    assert_eq!(status, 401);
+    // Strata's own client registers with the credentials from its topology.
+    let codec = strata_pipeline::avro::Codec::new(&strata_pipeline::topology::RegistrySettings {
+        url: r.url.clone(),
+        username: Some("admin".into()),
+        password: Some(strata_pipeline::secret::Secret::new("s3cret")),
+        ca_file: None,
+        allow_incompatible: false,
+    })
+    .unwrap();
+    codec
+        .register("claims-value", V2)
+        .await
+        .expect("registers with credentials");
+    let anonymous = support::codec(&r.url);
+    let err = anonymous.register("other-value", V2).await.unwrap_err();
+    assert!(
+        err.to_string().contains("401") || err.to_string().to_lowercase().contains("unauthorized"),
+        "{err}"
+    );
+    r.shutdown().await;
+}

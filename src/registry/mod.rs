@@ -5,6 +5,7 @@
 //! subset of the REST API that serializers and the common tools use (see [`api`]).
 
 pub mod api;
+pub mod auth;
 pub mod compat;
 pub mod store;
 
@@ -29,7 +30,11 @@ pub enum RegistryError {
 }
 
 /// Serves the registry on `listen` until SIGTERM or Ctrl-C.
-pub async fn serve(listen: SocketAddr, data_dir: PathBuf) -> Result<(), RegistryError> {
+pub async fn serve(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    auth: Option<auth::WriteAuth>,
+) -> Result<(), RegistryError> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(listen)
@@ -38,13 +43,14 @@ pub async fn serve(listen: SocketAddr, data_dir: PathBuf) -> Result<(), Registry
             addr: listen,
             source,
         })?;
-    serve_on(listener, data_dir, shutdown).await
+    serve_on(listener, data_dir, auth, shutdown).await
 }
 
 /// Serves the registry on an already bound listener until `shutdown` is cancelled.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     data_dir: PathBuf,
+    auth: Option<auth::WriteAuth>,
     shutdown: CancellationToken,
 ) -> Result<(), RegistryError> {
     let store = store::Store::open(&data_dir)?;
@@ -55,8 +61,11 @@ pub async fn serve_on(
         "registry state loaded"
     );
     let listen = listener.local_addr().map_err(RegistryError::Serve)?;
-    tracing::info!(%listen, "schema registry listening");
-    axum::serve(listener, api::router(Arc::new(Mutex::new(store))))
+    tracing::info!(%listen, write_auth = auth.is_some(), "schema registry listening");
+    let router = api::router(Arc::new(Mutex::new(store))).layer(
+        axum::middleware::from_fn_with_state(auth, auth::require_for_writes),
+    );
+    axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .map_err(RegistryError::Serve)

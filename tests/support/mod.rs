@@ -72,6 +72,14 @@ pub struct Registry {
 }
 
 pub async fn start_registry(dir: &Path) -> Registry {
+    start_registry_with_auth(dir, None).await
+}
+
+/// A registry whose write endpoints need `auth`'s credentials.
+pub async fn start_registry_with_auth(
+    dir: &Path,
+    auth: Option<strata::registry::auth::WriteAuth>,
+) -> Registry {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .expect("a free port");
@@ -80,7 +88,7 @@ pub async fn start_registry(dir: &Path) -> Registry {
     let token = stop.clone();
     let dir = dir.to_path_buf();
     let task = tokio::spawn(async move {
-        strata::registry::serve_on(listener, dir, token)
+        strata::registry::serve_on(listener, dir, auth, token)
             .await
             .expect("registry serves");
     });
