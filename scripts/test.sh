@@ -24,3 +24,6 @@ cargo test "${BUILD_FLAGS[@]}" "$@"
 log "running the SQL Server wire tests (TDS stand-in; a package of its own)"
 CARGO_TARGET_DIR="${STRATA_WIRE_TARGET_DIR:-$HOME/.cache/strata/wire-target}" \
   cargo test --locked --manifest-path tests/sqlserver_wire/Cargo.toml
+
+log "fuzzing every parser of external bytes for ${STRATA_FUZZ_SECONDS:-20}s each (fuzz/)"
+scripts/fuzz.sh "${STRATA_FUZZ_SECONDS:-20}"
