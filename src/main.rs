@@ -82,6 +82,9 @@ enum Command {
     /// Work with a cold archive.
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Sensitive values the tiering processor protects for the cloud tiers.
+    #[command(subcommand)]
+    Pii(PiiCommand),
     /// Run benchmark scenarios against the local services: a table on stdout and a JSON
     /// report (written only when every scenario finished).
     Bench(BenchArgs),
@@ -118,9 +121,20 @@ enum ArchiveCommand {
     Verify { path: String },
 }
 
+#[derive(Subcommand)]
+enum PiiCommand {
+    /// Decrypt `enc:<key id>:…` values with the keys (active and retired) that the
+    /// topology's tiering processors name; run it on premise, where the keys are.
+    Decrypt {
+        file: PathBuf,
+        #[arg(required = true)]
+        values: Vec<String>,
+    },
+}
+
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Scenarios to run, in order (all when none is named).
+    /// Scenarios to run, in order (all but `soak` when none is named).
     #[arg(value_enum)]
     scenarios: Vec<bench::Scenario>,
     /// Claims of the snapshot scenario; the others start from a tenth of it.
@@ -129,10 +143,10 @@ struct BenchArgs {
     /// New claims the streaming scenario commits as fast as it can.
     #[arg(long, default_value_t = 100_000)]
     stream_claims: u32,
-    /// New claims per second in the latency scenario.
+    /// New claims per second in the latency and soak scenarios.
     #[arg(long, default_value_t = 5_000.0)]
     rate: f64,
-    /// Seconds the latency scenario streams.
+    /// Seconds the latency and soak scenarios stream.
     #[arg(long, default_value_t = 30)]
     seconds: u64,
     /// Where the JSON report goes.
@@ -413,7 +427,52 @@ fn main() -> ExitCode {
             block_on(registry::serve(listen, data_dir, auth))
         }
         Command::Archive(ArchiveCommand::Verify { path }) => block_on(verify_archive(path)),
+        Command::Pii(PiiCommand::Decrypt { file, values }) => {
+            match topology::load_file(&file, &catalog) {
+                Ok(t) => block_on(async move { decrypt_pii(&t, &values) }),
+                Err(diagnostics) => {
+                    eprint!("{diagnostics}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+/// Prints the clear text of each value, with the keys of the topology's tiering
+/// processors.
+fn decrypt_pii(topology: &topology::Topology, values: &[String]) -> Result<(), String> {
+    use strata_pipeline::processors::tiering::{pii::Keyring, TieringConfig};
+    let mut keyrings = Vec::new();
+    for c in topology.components.iter().filter(|c| c.kind == "tiering") {
+        let config: TieringConfig = topology::parse_settings(&c.settings)
+            .map_err(|e| format!("component `{}`: {}: {}", c.name, e.path, e.message))?;
+        keyrings.push(
+            Keyring::from_policy(&config.pii)
+                .map_err(|e| format!("component `{}`: {e}", c.name))?,
+        );
+    }
+    if keyrings.is_empty() {
+        return Err("the topology has no tiering processor, so no pii keys".into());
+    }
+    for (i, value) in values.iter().enumerate() {
+        let mut last = None;
+        let clear = keyrings.iter().find_map(|k| match k.decrypt(value) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                last = Some(e);
+                None
+            }
+        });
+        match clear {
+            Some(text) => println!("{text}"),
+            None => {
+                let why = last.map(|e| e.to_string()).unwrap_or_default();
+                return Err(format!("value {} does not decrypt: {why}", i + 1));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Verifies the archive at `location`; a broken chain is an error naming the entry.
@@ -448,7 +507,12 @@ async fn run_bench(args: BenchArgs) -> Result<(), String> {
     }
     let options = bench::BenchOptions {
         scenarios: if args.scenarios.is_empty() {
-            <bench::Scenario as clap::ValueEnum>::value_variants().to_vec()
+            // A soak runs for minutes: only when named.
+            <bench::Scenario as clap::ValueEnum>::value_variants()
+                .iter()
+                .copied()
+                .filter(|s| *s != bench::Scenario::Soak)
+                .collect()
         } else {
             args.scenarios
         },

@@ -371,12 +371,17 @@ async fn the_stores_equal_the_source_after_every_round_of_faults() {
     writer.stop.store(true, Ordering::SeqCst);
     writer.task.await.unwrap();
     let faults: usize = injected.values().sum();
-    println!(
+    let report = format!(
         "{rounds} rounds (seed {seed}): {faults} faults {injected:?}{}; {} changes written; {checked} claims checked against the stores; {:.0} s",
         if tmpfs { "" } else { " (disk-full left out: tmpfs cannot be mounted here)" },
         writer.committed.load(Ordering::SeqCst),
         started.elapsed().as_secs_f64()
     );
+    println!("{report}");
+    // CI prints it after the tests (a passing test's output is not shown).
+    if let Ok(home) = std::env::var("STRATA_HOME") {
+        let _ = std::fs::write(Path::new(&home).join("pipeline-faults.txt"), &report);
+    }
 
     pipeline.kill9();
     let verify = Command::new(STRATA)

@@ -7,6 +7,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+use support::field;
 
 use apache_avro::types::Value;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -139,21 +140,6 @@ impl Fixture {
             .await
             .unwrap();
         self.registry.shutdown().await;
-    }
-}
-
-fn field<'a>(record: &'a Value, name: &str) -> &'a Value {
-    let Value::Record(fields) = record else {
-        panic!("a record: {record:?}")
-    };
-    match &fields
-        .iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("field {name}"))
-        .1
-    {
-        Value::Union(_, inner) => inner,
-        other => other,
     }
 }
 

@@ -22,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use support::field;
 
 use apache_avro::types::Value;
 use sqlx::{Connection, Executor, PgConnection};
@@ -219,17 +220,6 @@ async fn write_changes(url: String, phase: Phase, next_id: Arc<AtomicI64>, stop:
             (Err(_), _) => conn = None,
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Every record of `topic`, partition by partition in offset order.
-fn field<'a>(record: &'a Value, name: &str) -> &'a Value {
-    let Value::Record(fields) = record else {
-        panic!("a record: {record:?}")
-    };
-    match &fields.iter().find(|(n, _)| n == name).unwrap().1 {
-        Value::Union(_, inner) => inner,
-        other => other,
     }
 }
 

@@ -259,3 +259,74 @@ fn a_failed_connection_names_no_password_from_the_url() {
         leaked(&text)
     );
 }
+
+#[test]
+fn pii_encrypted_under_a_retired_key_still_decrypts_with_strata_pii_decrypt() {
+    use strata_pipeline::processors::tiering::pii::Protection;
+    use strata_pipeline::processors::tiering::PiiPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let old_key = dir.path().join("k1.key");
+    std::fs::write(&old_key, hex_key(3)).unwrap();
+    let policy = |yaml: &str| serde_yaml_ng::from_str::<PiiPolicy>(yaml).unwrap();
+    let seal = |p: &PiiPolicy, text: &str| {
+        let protection = Protection::from_policy(p).unwrap();
+        let value = apache_avro::types::Value::String(text.into());
+        match protection.protect(&value, "0/1", "ssn") {
+            apache_avro::types::Value::String(s) => s,
+            other => panic!("{other:?}"),
+        }
+    };
+    let old = seal(
+        &policy(&format!(
+            "{{mode: encrypt, key_id: k1, key_file: '{}'}}",
+            old_key.display()
+        )),
+        "111-22-3333",
+    );
+    // Rotated: k2 from the environment encrypts, k1 is retired.
+    let rotated = format!(
+        "{{mode: encrypt, key_id: k2, key_env: STRATA_TEST_PII_KEY_K2, retired_keys: [{{id: k1, key_file: '{}'}}]}}",
+        old_key.display()
+    );
+    std::env::set_var("STRATA_TEST_PII_KEY_K2", hex_key(4));
+    let new = seal(&policy(&rotated), "444-55-6666");
+    let file = dir.path().join("t.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "region: pii\nkafka: {{ bootstrap_servers: '127.0.0.1:1' }}\nschema_registry: {{ url: 'http://127.0.0.1:1' }}\n\
+             state: {{ dir: '{}' }}\nprocessors:\n  tiering:\n    kind: tiering\n    inputs: ['topic:claims']\n    pii: {rotated}\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(STRATA)
+        .args(["pii", "decrypt"])
+        .arg(&file)
+        .args([&old, &new])
+        .env("STRATA_TEST_PII_KEY_K2", hex_key(4))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "111-22-3333\n444-55-6666\n"
+    );
+    let tampered = old.replacen("enc:k1:", "enc:k9:", 1);
+    let out = Command::new(STRATA)
+        .args(["pii", "decrypt"])
+        .arg(&file)
+        .arg(&tampered)
+        .env("STRATA_TEST_PII_KEY_K2", hex_key(4))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no key with id `k9`"),
+        "{out:?}"
+    );
+}
+
+fn hex_key(byte: u8) -> String {
+    format!("{byte:02x}").repeat(32)
+}

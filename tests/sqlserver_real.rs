@@ -11,6 +11,7 @@ mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
+use support::field;
 
 use apache_avro::types::Value;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -60,21 +61,6 @@ async fn exec(client: &mut tiberius::Client<tokio_util::compat::Compat<TcpStream
         .into_results()
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-fn field<'a>(record: &'a Value, name: &str) -> &'a Value {
-    let Value::Record(fields) = record else {
-        panic!("a record: {record:?}")
-    };
-    match &fields
-        .iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("field {name} in {record:?}"))
-        .1
-    {
-        Value::Union(_, inner) => inner,
-        other => other,
-    }
 }
 
 /// Reads `n` events of `topic` from the start, ordered by position.

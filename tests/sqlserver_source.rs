@@ -11,6 +11,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use support::field;
 
 use apache_avro::types::Value;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -232,21 +233,6 @@ impl Fixture {
             "circuit_open" => m.circuit_open.with_label_values(&["legacy"]).get(),
             _ => unreachable!(),
         }
-    }
-}
-
-fn field<'a>(record: &'a Value, name: &str) -> &'a Value {
-    let Value::Record(fields) = record else {
-        panic!("a record: {record:?}")
-    };
-    match &fields
-        .iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("field {name} in {record:?}"))
-        .1
-    {
-        Value::Union(_, inner) => inner,
-        other => other,
     }
 }
 

@@ -32,6 +32,11 @@ fn every_tsql_batch_parses() {
 }
 
 #[test]
+fn snapshot_isolation_is_allowed_for_the_initial_snapshot() {
+    assert!(SQLSERVER.contains("SET ALLOW_SNAPSHOT_ISOLATION ON"));
+}
+
+#[test]
 fn every_captured_table_has_cdc_enabled() {
     for table in ["members", "providers", "policies", "claims", "claim_lines"] {
         let call = format!("@source_name = N'{table}'");

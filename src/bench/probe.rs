@@ -152,16 +152,21 @@ fn free_mib(path: &Path) -> Option<u64> {
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct ProcessStats {
     pub peak_rss_mib: f64,
+    /// Resident memory now.
+    pub rss_mib: f64,
     pub cpu_seconds: f64,
 }
 
 pub fn process_stats(pid: u32) -> ProcessStats {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let peak_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
+    let kib = |field: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (peak_kib, rss_kib) = (kib("VmHWM:"), kib("VmRSS:"));
     // Fields 14 and 15 of /proc/PID/stat (after the command in parentheses): utime, stime.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let ticks: f64 = stat
@@ -176,6 +181,7 @@ pub fn process_stats(pid: u32) -> ProcessStats {
         .unwrap_or(0.0);
     ProcessStats {
         peak_rss_mib: peak_kib / 1024.0,
+        rss_mib: rss_kib / 1024.0,
         // USER_HZ is 100 on Linux.
         cpu_seconds: ticks / 100.0,
     }

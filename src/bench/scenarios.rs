@@ -39,6 +39,9 @@ pub enum Scenario {
     /// `strata replay` of a deployment's whole history into fresh state and replay
     /// tables: input events/s, beside the live run's rate over the same events.
     Replay,
+    /// New claims at `--rate` for `--seconds` (ten minutes, say): resident memory,
+    /// consumer lag and the slot's retained WAL sampled every 10 s, judged bounded.
+    Soak,
 }
 
 impl Scenario {
@@ -49,6 +52,7 @@ impl Scenario {
             Self::Latency => "latency",
             Self::Raw => "raw",
             Self::Replay => "replay",
+            Self::Soak => "soak",
         }
     }
 
@@ -59,6 +63,7 @@ impl Scenario {
             Self::Latency => latency(options).await,
             Self::Raw => raw(options).await,
             Self::Replay => replay(options).await,
+            Self::Soak => soak(options).await,
         }
     }
 }
@@ -641,6 +646,117 @@ async fn latency(options: &BenchOptions) -> Result<Outcome, String> {
     outcome.goal(
         "p99 commit-to-hot-store < 100 ms at 5k changes/s",
         p99.unwrap_or(f64::MAX) < 100.0,
+    );
+    Ok(outcome)
+}
+
+/// How often the soak samples the deployment.
+const SOAK_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// One reading of a soak: resident memory, the processors' lag, the slot's retained WAL.
+struct SoakSample {
+    seconds: f64,
+    rss_mib: f64,
+    lag: f64,
+    retained_wal_mib: f64,
+}
+
+fn max_of(samples: &[SoakSample], f: impl Fn(&SoakSample) -> f64) -> f64 {
+    samples.iter().map(f).fold(0.0, f64::max)
+}
+
+async fn soak(options: &BenchOptions) -> Result<Outcome, String> {
+    let mut outcome = Outcome::new("soak");
+    let name = run_name("soak");
+    let url = fresh_db(&options.pg_admin_url, &name).await?;
+    let backfill_claims = (options.claims / 10).max(1_000);
+    let backfill = generator_config(backfill_claims, 0, None);
+    generate(&url, &backfill, Start::Fresh).await?;
+    let mut deployment = Deployment::start(options, &name, &url).await?;
+    let result = async {
+        deployment.wait_idle(Duration::from_secs(3600)).await?;
+        let total = (options.rate * options.seconds as f64) as u32;
+        let stream = generator_config(backfill_claims, total, Some(options.rate));
+        let stream_url = url.clone();
+        let writer =
+            tokio::spawn(async move { generate(&stream_url, &stream, Start::Resume).await });
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        while !writer.is_finished() {
+            tokio::time::sleep(SOAK_SAMPLE_EVERY).await;
+            let scrape = deployment.scrape().await?;
+            let sample = SoakSample {
+                seconds: started.elapsed().as_secs_f64(),
+                rss_mib: deployment.stats().rss_mib,
+                lag: scrape.sum("strata_consumer_lag", None),
+                retained_wal_mib: scrape.sum("strata_slot_retained_wal_bytes", None) / 1048576.0,
+            };
+            println!(
+                "soak {:>5.0} s: rss {:>7.1} MiB, consumer lag {:>8.0}, retained WAL {:>7.1} MiB",
+                sample.seconds, sample.rss_mib, sample.lag, sample.retained_wal_mib
+            );
+            samples.push(sample);
+        }
+        let report = writer
+            .await
+            .map_err(|e| format!("the generator task failed: {e}"))??;
+        deployment.wait_idle(Duration::from_secs(600)).await?;
+        Ok::<_, String>((report, samples))
+    }
+    .await;
+    let peak = deployment.stats().peak_rss_mib;
+    deployment.stop(options).await;
+    let (report, samples) = result?;
+    if samples.len() < 6 {
+        return Err(format!(
+            "a soak needs a minute of samples at least; --seconds {} gave {}",
+            options.seconds,
+            samples.len()
+        ));
+    }
+    let third = samples.len() / 3;
+    let (first, last) = (&samples[..third], &samples[samples.len() - third..]);
+    let achieved = report.claims as f64 / report.stream_seconds.max(1e-9);
+    let figures = [
+        ("target_claims_per_s", options.rate),
+        ("achieved_claims_per_s", achieved),
+        ("seconds", samples.last().map_or(0.0, |s| s.seconds)),
+        ("samples", samples.len() as f64),
+        ("rss_first_third_max_mib", max_of(first, |s| s.rss_mib)),
+        ("rss_last_third_max_mib", max_of(last, |s| s.rss_mib)),
+        ("peak_rss_mib", peak),
+        ("lag_first_third_max", max_of(first, |s| s.lag)),
+        ("lag_last_third_max", max_of(last, |s| s.lag)),
+        (
+            "retained_wal_first_third_max_mib",
+            max_of(first, |s| s.retained_wal_mib),
+        ),
+        (
+            "retained_wal_last_third_max_mib",
+            max_of(last, |s| s.retained_wal_mib),
+        ),
+    ];
+    for (label, value) in figures {
+        outcome.figures.insert(label, value);
+    }
+    let grew = |f: &dyn Fn(&SoakSample) -> f64, slack: f64| {
+        max_of(last, f) > max_of(first, f) * 1.25 + slack
+    };
+    outcome.goal(
+        "resident memory bounded: last third ≤ 1.25 × first third + 32 MiB",
+        !grew(&|s| s.rss_mib, 32.0),
+    );
+    outcome.goal(
+        "no growth in lag: last third ≤ 1.25 × first third + 1000 records",
+        !grew(&|s| s.lag, 1000.0),
+    );
+    outcome.goal(
+        "retained WAL bounded: last third ≤ 1.25 × first third + 16 MiB",
+        !grew(&|s| s.retained_wal_mib, 16.0),
+    );
+    outcome.goal(
+        "the target rate sustained (≥ 95 %)",
+        achieved >= options.rate * 0.95,
     );
     Ok(outcome)
 }

@@ -255,3 +255,23 @@ pub fn read_topic(topic: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
     }
     records
 }
+
+/// Field `name` of an Avro record, its union unwrapped.
+pub fn field<'a>(
+    record: &'a apache_avro::types::Value,
+    name: &str,
+) -> &'a apache_avro::types::Value {
+    use apache_avro::types::Value;
+    let Value::Record(fields) = record else {
+        panic!("a record: {record:?}")
+    };
+    match &fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("field {name} in {record:?}"))
+        .1
+    {
+        Value::Union(_, inner) => inner,
+        other => other,
+    }
+}

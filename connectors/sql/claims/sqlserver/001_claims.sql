@@ -113,7 +113,7 @@ GO
 -- The CDC source reads its initial snapshot under SNAPSHOT isolation (a consistent view
 -- that takes no shared locks on the legacy tables).
 IF (SELECT snapshot_isolation_state FROM sys.databases WHERE name = DB_NAME()) = 0
-ALTER DATABASE CURRENT SET ALLOW_SNAPSHOT_ISOLATION ON;
+EXEC sys.sp_executesql N'ALTER DATABASE CURRENT SET ALLOW_SNAPSHOT_ISOLATION ON';
 GO
 
 -- Change data capture: the database, then each captured table (all update images).

@@ -33,6 +33,24 @@ pub struct PiiPolicy {
     /// File holding the 32-byte AES-256-GCM key (`encrypt` mode), or the tokenisation secret.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// Or the environment variable holding it (64 hex digits), instead of `key_file`.
+    #[serde(default)]
+    pub key_env: Option<String>,
+    /// Keys rotated out: they no longer encrypt, but values written under their id still
+    /// decrypt (`strata pii decrypt`).
+    #[serde(default)]
+    pub retired_keys: Vec<RetiredKey>,
+}
+
+/// A key that encrypted earlier values, by its id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetiredKey {
+    pub id: String,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,15 +89,50 @@ impl TieringConfig {
                 hint: Some("the defaults are 90d and 365d".into()),
             });
         }
-        if self.pii.mode != PiiMode::Drop && self.pii.key_file.is_none() {
-            errors.push(SettingsError {
+        let sources = |file: &Option<PathBuf>, env: &Option<String>| {
+            usize::from(file.is_some()) + usize::from(env.is_some())
+        };
+        match sources(&self.pii.key_file, &self.pii.key_env) {
+            0 if self.pii.mode != PiiMode::Drop => errors.push(SettingsError {
                 kind: DiagnosticKind::MissingField,
                 path: "pii.key_file".into(),
-                message: "pii modes `tokenize` and `encrypt` need a `key_file`".into(),
+                message: "pii modes `tokenize` and `encrypt` need a `key_file` or a `key_env`"
+                    .into(),
                 hint: Some(
                     "point key_file at a file with 32 random bytes, readable only by Strata".into(),
                 ),
-            });
+            }),
+            2 => errors.push(SettingsError {
+                kind: DiagnosticKind::InvalidValue,
+                path: "pii.key_env".into(),
+                message: "give the key as `key_file` or as `key_env`, not both".into(),
+                hint: None,
+            }),
+            _ => {}
+        }
+        for (i, retired) in self.pii.retired_keys.iter().enumerate() {
+            if sources(&retired.key_file, &retired.key_env) != 1 {
+                errors.push(SettingsError {
+                    kind: DiagnosticKind::InvalidValue,
+                    path: format!("pii.retired_keys[{i}]"),
+                    message: format!(
+                        "retired key `{}` needs exactly one of `key_file` and `key_env`",
+                        retired.id
+                    ),
+                    hint: None,
+                });
+            }
+            if Some(&retired.id) == self.pii.key_id.as_ref() {
+                errors.push(SettingsError {
+                    kind: DiagnosticKind::InvalidValue,
+                    path: format!("pii.retired_keys[{i}].id"),
+                    message: format!(
+                        "`{}` is the active key_id; a retired key needs its own id",
+                        retired.id
+                    ),
+                    hint: Some("give the new key a new key_id and list the old one here".into()),
+                });
+            }
         }
         if self.pii.mode == PiiMode::Encrypt && self.pii.key_id.is_none() {
             errors.push(SettingsError {

@@ -11,6 +11,10 @@
 //!   same (position, column), which holds the same plaintext. Decrypting needs the key
 //!   the key id names.
 //!
+//! Keys come from a file or an environment variable (`key_file` / `key_env`). Rotation:
+//! a new `key_id` with its new key encrypts from then on, and the old key listed under
+//! `retired_keys` still decrypts what was written under its id ([`Keyring`]).
+//!
 //! Text arrays are protected element by element. A column whose type cannot carry text
 //! (a date, a number) is dropped in every mode: its Avro type stays as it was.
 
@@ -32,8 +36,14 @@ pub enum PiiKeyError {
         "pii.key_file `{path}` holds {len} bytes; it needs a 32-byte key (raw, or 64 hex digits)"
     )]
     Length { path: String, len: usize },
-    #[error("pii mode `{0}` needs pii.key_file (and `encrypt` a pii.key_id)")]
+    #[error("pii mode `{0}` needs pii.key_file or pii.key_env (and `encrypt` a pii.key_id)")]
     Missing(&'static str),
+    #[error("environment variable `{name}` (pii key) is not set or not 64 hex digits")]
+    Env { name: String },
+    #[error("no key with id `{0}`: list it under pii.retired_keys to decrypt what it wrote")]
+    UnknownKey(String),
+    #[error("not a value Strata encrypted, or it was altered (authentication failed)")]
+    Corrupt,
 }
 
 /// How sensitive values are rewritten for the cloud tiers.
@@ -48,7 +58,23 @@ pub enum Protection {
 }
 
 fn read_key(policy: &PiiPolicy, mode: &'static str) -> Result<[u8; 32], PiiKeyError> {
-    let path = policy.key_file.as_ref().ok_or(PiiKeyError::Missing(mode))?;
+    load_key(policy.key_file.as_deref(), policy.key_env.as_deref(), mode)
+}
+
+/// A key from its file or its environment variable.
+fn load_key(
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+    mode: &'static str,
+) -> Result<[u8; 32], PiiKeyError> {
+    if let Some(name) = env {
+        let text = std::env::var(name).unwrap_or_default();
+        return hex::decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| PiiKeyError::Env { name: name.into() });
+    }
+    let path = file.ok_or(PiiKeyError::Missing(mode))?;
     let shown = path.display().to_string();
     let raw = std::fs::read(path).map_err(|source| PiiKeyError::Read {
         path: shown.clone(),
@@ -166,6 +192,43 @@ impl Protection {
             }
             _ => null,
         }
+    }
+}
+
+/// Every key a tiering policy knows, by id: the active one and the retired ones.
+pub struct Keyring {
+    keys: std::collections::HashMap<String, [u8; 32]>,
+}
+
+impl Keyring {
+    pub fn from_policy(policy: &PiiPolicy) -> Result<Self, PiiKeyError> {
+        let mut keys = std::collections::HashMap::new();
+        if let Some(id) = &policy.key_id {
+            keys.insert(id.clone(), read_key(policy, "encrypt")?);
+        }
+        for retired in &policy.retired_keys {
+            let key = load_key(
+                retired.key_file.as_deref(),
+                retired.key_env.as_deref(),
+                "encrypt",
+            )?;
+            keys.insert(retired.id.clone(), key);
+        }
+        Ok(Self { keys })
+    }
+
+    /// The clear text of an `enc:<key id>:…` value, with the key its id names.
+    pub fn decrypt(&self, text: &str) -> Result<String, PiiKeyError> {
+        let key_id = text
+            .strip_prefix("enc:")
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(id, _)| id)
+            .ok_or(PiiKeyError::Corrupt)?;
+        let key = self
+            .keys
+            .get(key_id)
+            .ok_or_else(|| PiiKeyError::UnknownKey(key_id.to_string()))?;
+        decrypt(text, key).ok_or(PiiKeyError::Corrupt)
     }
 }
 

@@ -155,12 +155,24 @@ fn a_claim_moves_on_when_the_watermark_passes_its_boundary() {
 
 /// A member row through tiering with `mode`; returns (hot output's after, cold's after).
 fn member_through(mode: &str, key_file: &std::path::Path, position: u64) -> (Value, Value) {
-    let config: TieringConfig = serde_yaml_ng::from_str(&format!(
-        "{{pii: {{mode: {mode}, key_id: k1, key_file: '{}'}}}}",
-        key_file.display()
-    ))
-    .unwrap();
+    member_with(
+        &format!(
+            "{{mode: {mode}, key_id: k1, key_file: '{}'}}",
+            key_file.display()
+        ),
+        position,
+    )
+}
+
+fn pii_config(pii: &str) -> TieringConfig {
+    let config: TieringConfig = serde_yaml_ng::from_str(&format!("{{pii: {pii}}}")).unwrap();
     assert!(config.check().is_empty(), "{:?}", config.check());
+    config
+}
+
+/// A member's hot and cold images through tiering with the `pii` policy (YAML).
+fn member_with(pii: &str, position: u64) -> (Value, Value) {
+    let config = pii_config(pii);
     let mut h = Harness::new(Tiering::new(config).expect("the key reads"));
     let member = envelope(
         "members",
@@ -270,4 +282,70 @@ fn a_missing_or_short_key_is_a_clear_error() {
         err.contains("absent") && err.contains("32 random bytes"),
         "{err}"
     );
+}
+
+#[test]
+fn rotated_keys_still_decrypt_what_they_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_file = dir.path().join("k1.key");
+    std::fs::write(&old_file, hex::encode([7u8; 32])).unwrap();
+    // The new key comes from the environment.
+    std::env::set_var("STRATA_TEST_PII_K2", hex::encode([9u8; 32]));
+    let before = format!(
+        "{{mode: encrypt, key_id: k1, key_file: '{}'}}",
+        old_file.display()
+    );
+    let rotated = format!(
+        "{{mode: encrypt, key_id: k2, key_env: STRATA_TEST_PII_K2, retired_keys: [{{id: k1, key_file: '{}'}}]}}",
+        old_file.display()
+    );
+    let old = text_of(&member_with(&before, 5).0, "ssn").unwrap();
+    let new = text_of(&member_with(&rotated, 6).0, "ssn").unwrap();
+    assert!(
+        old.starts_with("enc:k1:") && new.starts_with("enc:k2:"),
+        "{old} {new}"
+    );
+
+    let keyring = super::pii::Keyring::from_policy(&pii_config(&rotated).pii).unwrap();
+    assert_eq!(
+        keyring.decrypt(&old).unwrap(),
+        "123-45-6789",
+        "the retired key"
+    );
+    assert_eq!(
+        keyring.decrypt(&new).unwrap(),
+        "123-45-6789",
+        "the active key"
+    );
+    let tampered = format!("{}A{}", &new[..new.len() - 3], &new[new.len() - 2..]);
+    assert!(matches!(
+        keyring.decrypt(&tampered),
+        Err(super::pii::PiiKeyError::Corrupt)
+    ));
+    let unknown = old.replacen("enc:k1:", "enc:k0:", 1);
+    let err = keyring.decrypt(&unknown).unwrap_err();
+    assert!(err.to_string().contains("retired_keys"), "{err}");
+    // Without the retired key, the old value is refused by name.
+    let forgot = "{mode: encrypt, key_id: k2, key_env: STRATA_TEST_PII_K2}";
+    let keyring = super::pii::Keyring::from_policy(&pii_config(forgot).pii).unwrap();
+    assert!(
+        matches!(keyring.decrypt(&old), Err(super::pii::PiiKeyError::UnknownKey(id)) if id == "k1")
+    );
+
+    // A retired key that reuses the active id, or a key given twice, is refused.
+    let clash: TieringConfig = serde_yaml_ng::from_str(&format!(
+        "{{pii: {{mode: encrypt, key_id: k1, key_file: '{0}', retired_keys: [{{id: k1, key_file: '{0}'}}]}}}}",
+        old_file.display()
+    ))
+    .unwrap();
+    assert!(clash
+        .check()
+        .iter()
+        .any(|e| e.path == "pii.retired_keys[0].id"));
+    let twice: TieringConfig = serde_yaml_ng::from_str(&format!(
+        "{{pii: {{mode: encrypt, key_id: k1, key_file: '{}', key_env: STRATA_TEST_PII_K2}}}}",
+        old_file.display()
+    ))
+    .unwrap();
+    assert!(twice.check().iter().any(|e| e.path == "pii.key_env"));
 }
