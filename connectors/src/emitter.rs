@@ -126,36 +126,22 @@ impl<'a, P: Copy + Ord> Emitter<'a, P> {
     /// Creates the table's topic and registers its schemas, once per shape (`refresh`
     /// registers the shape again: a new schema version after a change upstream).
     pub async fn prepare(&mut self, shape: &TableShape, refresh: bool) -> Result<(), EmitError> {
+        self.writers_for(shape, refresh).await.map(|_| ())
+    }
+
+    /// The table's writers, made (topic created, schemas registered) when missing or
+    /// `refresh`ed; one lookup per event on the hot path.
+    async fn writers_for(
+        &mut self,
+        shape: &TableShape,
+        refresh: bool,
+    ) -> Result<&TableWriters, EmitError> {
         let id = (shape.schema.clone(), shape.table.clone());
-        if !refresh && self.writers.contains_key(&id) {
-            return Ok(());
+        if refresh || !self.writers.contains_key(&id) {
+            let writers = make_writers(self.ctx, &self.db, shape).await?;
+            self.writers.insert(id.clone(), writers);
         }
-        let topic = topic_name(&self.ctx.region, &self.db, &shape.schema, &shape.table);
-        ensure_topics(
-            &strata_pipeline::kafka::client_config(&self.ctx.kafka),
-            &[TopicSpec {
-                name: topic.clone(),
-                partitions: self.ctx.partitions,
-                replication_factor: self.ctx.replication_factor,
-                compacted: false,
-            }],
-        )
-        .await?;
-        let schemas = table_schemas(
-            &topic,
-            &format!("{}.{}", shape.schema, shape.table),
-            &shape.columns,
-            &shape.key,
-        )?;
-        let codec = &self.ctx.codec;
-        let key = codec
-            .register(&format!("{topic}-key"), &schemas.key)
-            .await?;
-        let value = codec
-            .register(&format!("{topic}-value"), &schemas.value)
-            .await?;
-        self.writers.insert(id, TableWriters { topic, key, value });
-        Ok(())
+        Ok(&self.writers[&id])
     }
 
     /// Sends one event of transaction `tx` (a truncate has no key); waits for
@@ -170,8 +156,7 @@ impl<'a, P: Copy + Ord> Emitter<'a, P> {
         while self.deliveries.len() >= self.max_in_flight {
             self.settle_one().await?;
         }
-        self.prepare(shape, false).await?;
-        let w = &self.writers[&(shape.schema.clone(), shape.table.clone())];
+        let w = self.writers_for(shape, false).await?;
         let key_bytes = key.map(|k| w.key.encode(k)).transpose()?;
         let (value_bytes, topic) = (w.value.encode(value)?, w.topic.clone());
         let producer = self.producer.clone();
@@ -214,4 +199,37 @@ impl<'a, P: Copy + Ord> Emitter<'a, P> {
         while self.settle_one().await? {}
         Ok(())
     }
+}
+
+/// Creates the table's topic and registers its key and value schemas.
+async fn make_writers(
+    ctx: &SourceContext,
+    db: &str,
+    shape: &TableShape,
+) -> Result<TableWriters, EmitError> {
+    let topic = topic_name(&ctx.region, db, &shape.schema, &shape.table);
+    ensure_topics(
+        &strata_pipeline::kafka::client_config(&ctx.kafka),
+        &[TopicSpec {
+            name: topic.clone(),
+            partitions: ctx.partitions,
+            replication_factor: ctx.replication_factor,
+            compacted: false,
+        }],
+    )
+    .await?;
+    let schemas = table_schemas(
+        &topic,
+        &format!("{}.{}", shape.schema, shape.table),
+        &shape.columns,
+        &shape.key,
+    )?;
+    let codec = &ctx.codec;
+    let key = codec
+        .register(&format!("{topic}-key"), &schemas.key)
+        .await?;
+    let value = codec
+        .register(&format!("{topic}-value"), &schemas.value)
+        .await?;
+    Ok(TableWriters { topic, key, value })
 }

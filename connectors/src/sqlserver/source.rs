@@ -293,26 +293,31 @@ async fn run_once(
                     ChangeKind::Delete { before } => ("d", Some(before), None),
                 };
                 let image = |row: Option<Columns>| -> Result<Option<(Value, Vec<String>)>> {
-                    row.map(|r| record(&shape, &r).map_err(|e| value_error(&event.table, e)))
+                    row.map(|r| record(shape, &r).map_err(|e| value_error(&event.table, e)))
                         .transpose()
                 };
                 let (before, after) = (image(before)?, image(after)?);
-                let key_row = after.as_ref().or(before.as_ref()).map(|(v, _)| v.clone());
-                let unavailable = after.as_ref().map(|(_, u)| u.clone()).unwrap_or_default();
-                let key = key_row.map(|row| envelope::key(&shape, &row));
+                let key = after
+                    .as_ref()
+                    .or(before.as_ref())
+                    .map(|(row, _)| envelope::key(shape, row));
+                let (after, unavailable) = match after {
+                    Some((row, unavailable)) => (Some(row), unavailable),
+                    None => (None, Vec::new()),
+                };
                 let value = change_envelope(
                     &emitter,
-                    &shape,
+                    shape,
                     Images {
                         op,
                         before: before.map(|(v, _)| v),
-                        after: after.map(|(v, _)| v),
+                        after,
                         unavailable,
                     },
                     event.position,
                     "false",
                 );
-                emitter.send(tx, &shape, key.as_ref(), &value).await?;
+                emitter.send(tx, shape, key.as_ref(), &value).await?;
             }
             emitter.tracker.seal(tx, Offset { position: last });
             emitter.drain().await?;
@@ -375,7 +380,10 @@ async fn snapshot(
     let mut tables = Vec::new();
     for table in &config.tables {
         let instance = current_instance(&instances, table)?.name.clone();
-        let shape = shapes.of(config, reader, emitter, table, &instance).await?;
+        let shape = shapes
+            .of(config, reader, emitter, table, &instance)
+            .await?
+            .clone();
         tables.push((table.clone(), shape));
     }
     let at = timed(config, "the snapshot's start", reader.begin_snapshot()).await?;
@@ -516,22 +524,23 @@ impl Shapes {
         emitter: &mut Emitter<'_, Offset>,
         table: &str,
         instance: &str,
-    ) -> Result<TableShape> {
-        if let Some((known, shape)) = self.current.get(table) {
-            if known == instance {
-                return Ok(shape.clone());
+    ) -> Result<&TableShape> {
+        let known = self
+            .current
+            .get(table)
+            .is_some_and(|(known, _)| known == instance);
+        if !known {
+            let columns = timed(config, "the captured columns", reader.columns(instance)).await?;
+            let shape = table_shape(table, instance, &columns)?;
+            let switched = self.current.contains_key(table);
+            if switched {
+                tracing::info!(%table, %instance, "new capture instance; registering its schema");
             }
+            emitter.prepare(&shape, switched).await?;
+            self.current
+                .insert(table.to_string(), (instance.to_string(), shape));
         }
-        let columns = timed(config, "the captured columns", reader.columns(instance)).await?;
-        let shape = table_shape(table, instance, &columns)?;
-        let switched = self.current.contains_key(table);
-        if switched {
-            tracing::info!(%table, %instance, "new capture instance; registering its schema");
-        }
-        emitter.prepare(&shape, switched).await?;
-        self.current
-            .insert(table.to_string(), (instance.to_string(), shape.clone()));
-        Ok(shape)
+        Ok(&self.current[table].1)
     }
 }
 
