@@ -21,6 +21,7 @@ use pgwire_replication::{Lsn as WireLsn, ReplicationClient, ReplicationConfig, R
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Executor, Row};
 use strata_pipeline::kafka::acks::TxId;
+use strata_pipeline::ops::backoff::Backoff;
 use strata_pipeline::ops::shutdown::CancellationToken;
 use strata_pipeline::runtime::{Source, SourceFailure};
 
@@ -153,8 +154,7 @@ pub async fn run(
     ctx: &SourceContext,
     shutdown: CancellationToken,
 ) -> Result<(), SourceError> {
-    const FIRST_WAIT: Duration = Duration::from_millis(500);
-    let mut wait = FIRST_WAIT;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut connected_once = false;
     loop {
         let started = std::time::Instant::now();
@@ -164,8 +164,9 @@ pub async fn run(
             Err(e) => return Err(e),
         };
         if started.elapsed() > Duration::from_secs(60) {
-            wait = FIRST_WAIT;
+            backoff.reset();
         }
+        let wait = backoff.next_wait();
         tracing::warn!(slot = %config.slot, %error, retry_in = ?wait, "PostgreSQL source interrupted; resuming from the slot's confirmed position");
         ctx.metrics
             .source_restarts
@@ -175,7 +176,6 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return Ok(()),
         }
-        wait = (wait * 2).min(Duration::from_secs(30));
     }
 }
 

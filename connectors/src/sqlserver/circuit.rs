@@ -10,12 +10,12 @@
 
 use std::time::Duration;
 
-const FIRST_WAIT: Duration = Duration::from_millis(500);
+use strata_pipeline::ops::backoff::Backoff;
 
 #[derive(Debug, Clone)]
 pub struct Circuit {
     failures: u32,
-    max_backoff: Duration,
+    backoff: Backoff,
     open_after: u32,
     open_for: Duration,
 }
@@ -24,7 +24,7 @@ impl Circuit {
     pub fn new(max_backoff: Duration, open_after: u32, open_for: Duration) -> Self {
         Self {
             failures: 0,
-            max_backoff: max_backoff.max(FIRST_WAIT),
+            backoff: Backoff::new(Duration::from_millis(500), max_backoff),
             open_after: open_after.max(1),
             open_for,
         }
@@ -36,13 +36,13 @@ impl Circuit {
         if self.is_open() {
             return self.open_for;
         }
-        let doublings = (self.failures - 1).min(16);
-        (FIRST_WAIT * 2u32.pow(doublings)).min(self.max_backoff)
+        self.backoff.next_wait()
     }
 
     /// Records a success: the circuit closes and the backoff starts over.
     pub fn succeeded(&mut self) {
         self.failures = 0;
+        self.backoff.reset();
     }
 
     /// Whether enough failures came in a row to stop trying for a while.

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use crate::avro::CodecError;
 use crate::kafka::{self, KafkaError, TopicSpec};
+use crate::ops::backoff::Backoff;
 use crate::ops::http::{self, HttpError, OpsState};
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::CancellationToken;
@@ -250,24 +251,24 @@ pub fn output_topics(topology: &Topology) -> Vec<TopicSpec> {
 /// Waits before a component's next start: 1 s, doubling to 30 s for failures in a row,
 /// from 1 s again once it ran for a minute.
 #[derive(Default)]
-struct Backoff {
-    components: std::collections::HashMap<String, (std::time::Duration, std::time::Instant)>,
+struct RestartBackoff {
+    components: std::collections::HashMap<String, (Backoff, std::time::Instant)>,
 }
 
-impl Backoff {
+impl RestartBackoff {
     fn failed(&mut self, component: &str) -> std::time::Duration {
         use std::time::{Duration, Instant};
-        let first = Duration::from_secs(1);
-        let (wait, started) = self
-            .components
-            .entry(component.to_string())
-            .or_insert((first, Instant::now()));
+        let (backoff, started) =
+            self.components
+                .entry(component.to_string())
+                .or_insert_with(|| {
+                    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+                    (backoff, Instant::now())
+                });
         if started.elapsed() > Duration::from_secs(60) {
-            *wait = first;
+            backoff.reset();
         }
-        let this = *wait;
-        *wait = (*wait * 2).min(Duration::from_secs(30));
-        this
+        backoff.next_wait()
     }
 
     fn started(&mut self, component: &str) {
@@ -369,8 +370,9 @@ pub async fn run(
     ));
     tracing::info!(region = %topology.region, "running; SIGTERM or Ctrl-C drains and stops");
 
-    // A component that fails stops the whole deployment: its inputs are no longer read,
-    // and a restart (by the supervisor) resumes every component from its last commit.
+    // A component that fails definitely stops the whole deployment: its inputs are no
+    // longer read, and a restart (by the supervisor) resumes every component from its
+    // last commit.
     let mut failure = None;
     let mut record =
         |joined: Result<(String, Result<(), ComponentError>), tokio::task::JoinError>| {
@@ -387,7 +389,7 @@ pub async fn run(
     // A transient failure (the broker restarted, say) starts the component again after
     // a backoff, from its last commit, as a process restart would; the others go on.
     let mut restarts = tokio::task::JoinSet::new();
-    let mut backoff = Backoff::default();
+    let mut backoff = RestartBackoff::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
