@@ -14,7 +14,7 @@ use strata_pipeline::processors::claim_analysis::{ClaimAnalysis, ClaimAnalysisCo
 use strata_pipeline::processors::testing;
 use strata_pipeline::runtime::harness::{store_names, Harness};
 use strata_pipeline::runtime::Event;
-use strata_pipeline::state::RocksStore;
+use strata_pipeline::state::{RocksStore, StateMemory};
 
 const CLAIMS_PER_BATCH: usize = 1000;
 const MEMBERS: i64 = 20_000;
@@ -93,7 +93,12 @@ fn bench(c: &mut Criterion) {
     let config: ClaimAnalysisConfig = serde_yaml_ng::from_str("{}").unwrap();
     let analysis = ClaimAnalysis::new(config);
     let dir = tempfile::tempdir().unwrap();
-    let store = RocksStore::open(dir.path(), &store_names(&analysis), 64 << 20).unwrap();
+    let store = RocksStore::open(
+        dir.path(),
+        &store_names(&analysis),
+        &StateMemory::new(64 << 20, 64 << 20),
+    )
+    .unwrap();
     let mut harness = Harness::with_store(analysis, Box::new(store));
     // Every member covered.
     let policies: Vec<(Value, Value)> = (0..MEMBERS)

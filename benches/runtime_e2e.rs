@@ -26,6 +26,7 @@ use strata_pipeline::runtime::{
     run_processor, Context, Event, Output, OutputSchema, ProcessError, Processor, ProcessorEnv,
     ProcessorSpec,
 };
+use strata_pipeline::state::StateMemory;
 use strata_pipeline::topology::{KafkaSettings, RegistrySettings};
 use support::{env, Sender};
 
@@ -193,7 +194,6 @@ async fn measure(
         changelog: format!("{run}.changelog"),
         dead_letter: format!("{run}.dead-letter"),
         state_dir: state.path().to_path_buf(),
-        state_cache_bytes: 64 << 20,
         partitions: 4,
         changelog_replication_factor: 1,
         max_batch: 5000,
@@ -204,6 +204,7 @@ async fn measure(
         kafka: kafka.clone(),
         codec: codec.clone(),
         metrics: metrics.clone(),
+        state_memory: StateMemory::new(64 << 20, 64 << 20),
     };
     let started = Instant::now();
     let task = tokio::spawn(run_processor(spec, env, Box::new(Count), stop.clone()));

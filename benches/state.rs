@@ -13,7 +13,7 @@ use apache_avro::types::Value;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use strata_pipeline::runtime::harness::{store_names, Harness};
 use strata_pipeline::runtime::{Context, Event, ProcessError, Processor};
-use strata_pipeline::state::RocksStore;
+use strata_pipeline::state::{RocksStore, StateMemory};
 
 /// Counts events per key, guarded by position like the domain processors.
 struct Count;
@@ -44,7 +44,12 @@ impl Processor for Count {
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let store = RocksStore::open(dir.path(), &store_names(&Count), 64 << 20).unwrap();
+    let store = RocksStore::open(
+        dir.path(),
+        &store_names(&Count),
+        &StateMemory::new(64 << 20, 64 << 20),
+    )
+    .unwrap();
     let mut harness = Harness::with_store(Count, Box::new(store));
     const BATCH: usize = 1000;
     let keys: Vec<Value> = (0..BATCH as i64)

@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 packages=(build-essential pkg-config cmake clang libclang-dev libssl-dev libsasl2-dev
-  zlib1g-dev libzstd-dev curl ca-certificates postgresql-15 postgresql-client-15 procps
+  zlib1g-dev libzstd-dev curl ca-certificates openssl postgresql-15 postgresql-client-15 procps
   python3 python3-venv docker-compose)
 missing=()
 for p in "${packages[@]}"; do

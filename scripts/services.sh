@@ -18,6 +18,7 @@ PG_DIR="$STRATA_HOME/postgres"
 TANSU_DIR="$STRATA_HOME/tansu"
 REGISTRY_DIR="$STRATA_HOME/registry"
 RUN_DIR="$STRATA_HOME/run"
+TLS_DIR="$STRATA_HOME/tls"
 
 print_env() {
   cat <<ENV
@@ -26,6 +27,7 @@ export STRATA_PG_URL=postgres://postgres@127.0.0.1:$PG_PORT/claims
 export STRATA_PG_ADMIN_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 export STRATA_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export STRATA_SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT
+export STRATA_TLS_DIR=$TLS_DIR
 ENV
   if port_open "$S3_PORT"; then echo "export STRATA_S3_ENDPOINT=http://127.0.0.1:$S3_PORT"; fi
 }
@@ -33,6 +35,36 @@ ENV
 # PostgreSQL refuses to run as root; as root the cluster belongs to the `postgres` user.
 as_pg() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# A test CA and a server certificate for `localhost` and 127.0.0.1, signed by it, plus an
+# unrelated CA (tests check that a server it did not sign is refused).
+make_tls() {
+  [ -f "$TLS_DIR/server.key" ] && return
+  command -v openssl >/dev/null || die "openssl is missing; run scripts/install-deps.sh"
+  mkdir -p "$TLS_DIR"
+  local ca
+  for ca in ca other-ca; do
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Strata test $ca" \
+      -keyout "$TLS_DIR/$ca.key" -out "$TLS_DIR/$ca.pem" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+  done
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+    > "$TLS_DIR/server.ext"
+  openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$TLS_DIR/server.ext" -out "$TLS_DIR/server.crt" 2>/dev/null
+  log "test certificates in $TLS_DIR"
+}
+
+# TLS for PostgreSQL (clients choose: `host` lines of pg_hba.conf take both).
+enable_pg_tls() {
+  make_tls
+  cp "$TLS_DIR/server.crt" "$TLS_DIR/server.key" "$PG_DIR/data/"
+  chmod 600 "$PG_DIR/data/server.key"
+  [ "$(id -u)" -ne 0 ] || chown postgres:postgres "$PG_DIR/data/server.crt" "$PG_DIR/data/server.key"
+  grep -q "^ssl = on" "$PG_DIR/data/postgresql.conf" || echo "ssl = on" >> "$PG_DIR/data/postgresql.conf"
 }
 
 pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
@@ -60,6 +92,7 @@ max_wal_size = 2GB
 CONF
     echo "host replication all 127.0.0.1/32 trust" >> "$PG_DIR/data/pg_hba.conf"
   fi
+  enable_pg_tls
   as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 start >/dev/null \
     || die "PostgreSQL did not start; see $PG_DIR/postgres.log"
   wait_for "postgres (127.0.0.1:$PG_PORT)" 30 pg_ready || die "PostgreSQL is not answering; see $PG_DIR/postgres.log"

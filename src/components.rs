@@ -16,6 +16,7 @@ use strata_pipeline::runtime::{
     processor_spec, run_processor, run_sink, sink_spec, ComponentError, ComponentTask, Processor,
     ProcessorEnv, Sink, Source, Starter,
 };
+use strata_pipeline::state::StateMemory;
 use strata_pipeline::topology::{parse_settings, Catalog, Component, SettingsError, Topology};
 
 /// A task that fails at once with a settings error (validation normally catches these).
@@ -86,9 +87,11 @@ pub fn redirect_to_replay_tables(component: &mut Component, name: &str) -> Resul
     Ok(())
 }
 
-/// Starts runnable components; shares one schema cache between them.
+/// Starts runnable components; shares one schema cache and one RocksDB memory budget
+/// between them.
 pub struct Components {
     pub codec: Arc<Codec>,
+    pub state_memory: StateMemory,
 }
 
 impl Starter for Components {
@@ -134,6 +137,7 @@ impl Starter for Components {
             kafka: topology.kafka.clone(),
             codec: self.codec.clone(),
             metrics: metrics.clone(),
+            state_memory: self.state_memory.clone(),
         };
         Some(Box::pin(async move {
             run_processor(spec, env, processor, shutdown)

@@ -298,6 +298,7 @@ async fn generate(args: GenerateArgs) -> Result<(), String> {
             .ok()
             .map(strata_pipeline::secret::Secret::new),
         ssl_mode: "prefer".into(),
+        ssl_root_cert: None,
     };
     let options = connection.options().map_err(|e| e.to_string())?;
     let mut conn = generator::connect(&options)

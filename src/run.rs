@@ -7,6 +7,7 @@ use strata::components::Components;
 use strata_pipeline::avro::Codec;
 use strata_pipeline::ops::shutdown::{cancel_on_signal, CancellationToken};
 use strata_pipeline::runtime;
+use strata_pipeline::state::StateMemory;
 use strata_pipeline::topology::Topology;
 
 pub async fn run(topology: Topology, listen: Option<SocketAddr>) -> Result<(), String> {
@@ -16,6 +17,7 @@ pub async fn run(topology: Topology, listen: Option<SocketAddr>) -> Result<(), S
     let codec = Codec::new(&topology.schema_registry).map_err(|e| e.to_string())?;
     let components = Components {
         codec: Arc::new(codec),
+        state_memory: StateMemory::from_settings(&topology.state),
     };
     let metrics = strata_pipeline::ops::metrics::Metrics::new();
     runtime::run(topology, listen, &components, metrics, shutdown)

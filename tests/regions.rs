@@ -296,6 +296,12 @@ async fn regions_run_side_by_side_and_converge_once_mirrored() {
     }
     drop(children);
     for region in [&mut us, &mut eu] {
+        // The killed process's walsender lets go of the slot a moment later.
+        let (url, slot) = (region.url.clone(), region.slot());
+        support::wait_for("the slot to be released", Duration::from_secs(30), || {
+            support::slot_active(url.clone(), slot.clone(), false)
+        })
+        .await;
         sqlx::query("SELECT pg_drop_replication_slot($1)")
             .bind(region.slot())
             .execute(&mut region.db)

@@ -23,6 +23,7 @@ use strata_pipeline::runtime::{
     run_processor, Context, Event, Output, OutputSchema, ProcessError, Processor, ProcessorEnv,
     ProcessorSpec, Rejection, Timer,
 };
+use strata_pipeline::state::StateMemory;
 use strata_pipeline::topology::KafkaSettings;
 use support::{kafka_brokers, start_registry, unique};
 
@@ -175,7 +176,6 @@ impl Fixture {
             changelog: self.changelog.clone(),
             dead_letter: self.dead_letter.clone(),
             state_dir: state_dir.to_path_buf(),
-            state_cache_bytes: 8 << 20,
             partitions: 2,
             changelog_replication_factor: 1,
             max_batch: 7,
@@ -196,6 +196,7 @@ impl Fixture {
             kafka: self.kafka.clone(),
             codec: self.codec.clone(),
             metrics: Metrics::new(),
+            state_memory: StateMemory::new(8 << 20, 8 << 20),
         };
         let task = tokio::spawn(run_processor(
             self.spec(state_dir),

@@ -166,13 +166,13 @@ fn bad_size_explains_the_syntax() {
 }
 
 #[test]
-fn tls_on_the_replication_connection_is_refused_not_ignored() {
-    let d = broken("source_tls");
+fn a_missing_ca_file_is_refused_before_connecting() {
+    let d = broken("missing_root_cert");
     assert_one(
         &d,
         DiagnosticKind::InvalidValue,
-        "sources.db.connection.ssl_mode",
-        "cannot use TLS yet",
+        "sources.db.connection.ssl_root_cert",
+        "/nonexistent/strata-ca.pem",
     );
 }
 

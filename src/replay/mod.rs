@@ -25,6 +25,7 @@ use strata_pipeline::avro::Codec;
 use strata_pipeline::ops::metrics::Metrics;
 use strata_pipeline::ops::shutdown::{cancel_on_signal, CancellationToken};
 use strata_pipeline::runtime::{self, Starter};
+use strata_pipeline::state::StateMemory;
 use strata_pipeline::topology::{ReplayScope, Role, Topology};
 
 use crate::components::{self, Components};
@@ -177,7 +178,10 @@ pub async fn replay(live: Topology, request: ReplayRequest) -> Result<Summary, R
 
     let codec =
         Arc::new(Codec::new(&live.schema_registry).map_err(|e| ReplayError::Run(e.to_string()))?);
-    let starter = Components { codec };
+    let starter = Components {
+        codec,
+        state_memory: StateMemory::from_settings(&live.state),
+    };
     let mut topology = live.clone();
     topology.state.dir = state_dir;
     if request.into == Destination::Tables {

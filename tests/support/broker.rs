@@ -14,6 +14,12 @@ pub struct MemoryBroker {
 
 impl MemoryBroker {
     pub fn start() -> Option<Self> {
+        Self::start_advertising(None)
+    }
+
+    /// A broker that tells clients to reach it at `advertised` (`host:port`: a TLS
+    /// terminator in front of it, say) rather than at its own port.
+    pub fn start_advertising(advertised: Option<&str>) -> Option<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
@@ -21,13 +27,14 @@ impl MemoryBroker {
             .port();
         let address = format!("127.0.0.1:{port}");
         let url = format!("tcp://{address}");
+        let advertised = format!("tcp://{}", advertised.unwrap_or(&address));
         let child = std::process::Command::new("tansu")
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(std::process::Stdio::null())

@@ -28,6 +28,15 @@ pub fn registry_url() -> String {
     std::env::var("STRATA_SCHEMA_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:18081".into())
 }
 
+/// The test CA and server certificate of scripts/services.sh (`ca.pem`, `other-ca.pem`,
+/// `server.crt`, `server.key`).
+pub fn tls_dir() -> std::path::PathBuf {
+    std::env::var_os("STRATA_TLS_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("STRATA_HOME").map(|h| Path::new(&h).join("tls")))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".strata/tls"))
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -47,3 +47,40 @@ pub async fn proxy(target: String) -> Proxy {
     });
     Proxy { port, down, live }
 }
+
+/// A TLS server in front of a plain one: terminates TLS with the test server certificate
+/// of `scripts/services.sh` (for `localhost` and 127.0.0.1, signed by `ca.pem` in
+/// `$STRATA_TLS_DIR`), listening on loopback `port`, and relays the bytes to `target`.
+pub async fn tls_terminator(port: u16, target: String) {
+    let dir = super::tls_dir();
+    let read = |name: &str| {
+        std::fs::read(dir.join(name))
+            .unwrap_or_else(|e| panic!("{name} in {}: {e}", dir.display()))
+    };
+    let identity = tokio_native_tls::native_tls::Identity::from_pkcs8(
+        &read("server.crt"),
+        &read("server.key"),
+    )
+    .expect("the test server certificate and key");
+    let acceptor = tokio_native_tls::TlsAcceptor::from(
+        tokio_native_tls::native_tls::TlsAcceptor::new(identity).expect("a TLS acceptor"),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the TLS terminator's port");
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let (acceptor, target) = (acceptor.clone(), target.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends its handshake here.
+                let Ok(mut inbound) = acceptor.accept(inbound).await else {
+                    return;
+                };
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+}

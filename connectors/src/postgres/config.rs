@@ -62,7 +62,7 @@ impl PostgresSourceConfig {
     pub fn check(&self) -> Vec<SettingsError> {
         let mut errors: Vec<SettingsError> = self
             .connection
-            .check("connection.url")
+            .check("connection")
             .into_iter()
             .collect();
         let invalid = |path: String, message: String, hint: &str| SettingsError {
@@ -101,21 +101,6 @@ impl PostgresSourceConfig {
                     "e.g. public.claims",
                 ));
             }
-        }
-        // The replication connection has no TLS yet; refusing beats streaming in clear
-        // when the topology asked for encryption.
-        if matches!(
-            self.connection.ssl_mode.as_str(),
-            "require" | "verify-ca" | "verify-full"
-        ) {
-            errors.push(invalid(
-                "connection.ssl_mode".into(),
-                format!(
-                    "ssl_mode `{}`: the replication connection cannot use TLS yet",
-                    self.connection.ssl_mode
-                ),
-                "use `disable` or `prefer` and keep the source on a trusted network (an SSH tunnel or a VPN) until TLS lands",
-            ));
         }
         if self.snapshot_chunk_rows == 0 {
             errors.push(invalid(

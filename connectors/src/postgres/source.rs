@@ -40,6 +40,8 @@ use super::snapshot_state::{Progress, SnapshotState, SnapshotStateError};
 pub enum SourceError {
     #[error(transparent)]
     Prerequisites(#[from] PrerequisiteError),
+    #[error(transparent)]
+    Connection(#[from] crate::pg_connection::PgConnectionError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("replication connection failed: {0}")]
@@ -185,10 +187,7 @@ async fn run_once(
     shutdown: &CancellationToken,
     connected_once: &mut bool,
 ) -> Result<(), SourceError> {
-    let options = config
-        .connection
-        .options()
-        .map_err(|e| SourceError::Database(sqlx::Error::Configuration(e.to_string().into())))?;
+    let options = config.connection.options()?;
     let mut conn = PgConnection::connect_with(&options).await?;
     *connected_once = true;
     ctx.metrics
@@ -239,6 +238,7 @@ async fn run_once(
         config.publication.clone(),
     )
     .with_port(options.get_port())
+    .with_tls(config.connection.replication_tls()?)
     .with_status_interval(config.status_interval.0);
     let start: Option<Lsn> = slot
         .as_ref()

@@ -67,10 +67,31 @@ pub struct RegistryClient {
 }
 
 fn describe(e: &SRCError) -> String {
-    match &e.cause {
+    let text = match &e.cause {
         Some(cause) => format!("{}: {cause}", e.error),
         None => e.error.clone(),
+    };
+    with_causes(text, std::error::Error::source(e))
+}
+
+/// `text` followed by each cause in `source`'s chain it does not already say (a TLS
+/// failure is only named deep in reqwest's chain).
+fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
     }
+    text
+}
+
+/// Whether a failed call may succeed later by itself: the registry away or overloaded.
+/// A certificate the client refuses does not heal on its own.
+fn retriable(flagged: bool, detail: &str) -> bool {
+    (flagged || detail.contains("error sending request")) && !detail.contains("certificate")
 }
 
 impl RegistryClient {
@@ -147,7 +168,7 @@ impl RegistryClient {
                 } else {
                     RegistryClientError::Failed {
                         url: self.url.clone(),
-                        retriable: e.retriable || detail.contains("error sending request"),
+                        retriable: retriable(e.retriable, &detail),
                         detail,
                     }
                 }
@@ -169,7 +190,7 @@ impl RegistryClient {
                 } else {
                     RegistryClientError::Failed {
                         url: self.url.clone(),
-                        retriable: e.retriable || detail.contains("error sending request"),
+                        retriable: retriable(e.retriable, &detail),
                         detail,
                     }
                 }
@@ -198,7 +219,11 @@ impl RegistryClient {
         let response = request
             .send()
             .await
-            .map_err(|e| failed(e.to_string(), true))?;
+            .map_err(|e| {
+                let detail = with_causes(e.to_string(), std::error::Error::source(&e));
+                let again = retriable(true, &detail);
+                failed(detail, again)
+            })?;
         if response.status().is_success() {
             Ok(())
         } else {

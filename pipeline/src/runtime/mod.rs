@@ -169,7 +169,6 @@ pub fn processor_spec(
         changelog: format!("{}.{}.changelog", topology.scope(), component.name),
         dead_letter: topology.dead_letter_topic(),
         state_dir: topology.state.dir.join(&component.name),
-        state_cache_bytes: topology.state.cache_size.0 as usize,
         partitions: topology.topics.partitions,
         changelog_replication_factor: topology.state.changelog_replication_factor,
         max_batch: topology.state.batch_max_records.max(1),

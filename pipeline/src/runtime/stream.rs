@@ -47,7 +47,7 @@ use crate::avro::{Codec, CodecError, Writer};
 use crate::kafka::{self, TopicSpec};
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::CancellationToken;
-use crate::state::{Batch, RocksStore, StateStore};
+use crate::state::{Batch, RocksStore, StateMemory, StateStore};
 use crate::topology::KafkaSettings;
 
 /// Where one processor reads, writes and keeps its state.
@@ -61,7 +61,6 @@ pub struct ProcessorSpec {
     pub changelog: String,
     pub dead_letter: String,
     pub state_dir: PathBuf,
-    pub state_cache_bytes: usize,
     pub partitions: i32,
     pub changelog_replication_factor: i16,
     /// Most records handled in one commit cycle.
@@ -78,6 +77,8 @@ pub struct ProcessorEnv {
     pub kafka: KafkaSettings,
     pub codec: Arc<Codec>,
     pub metrics: Metrics,
+    /// RocksDB cache and memtable budget of the process, shared by every processor.
+    pub state_memory: StateMemory,
 }
 
 /// Partitions revoked since the loop last looked; their state must be caught up again
@@ -189,8 +190,8 @@ pub async fn run_processor(
     stores.sort_unstable();
     stores.dedup();
     stores.extend([POSITIONS, TIMERS, PROGRESS, LOCAL]);
-    let (dir, cache) = (spec.state_dir.clone(), spec.state_cache_bytes);
-    let store = tokio::task::spawn_blocking(move || RocksStore::open(&dir, &stores, cache))
+    let (dir, memory) = (spec.state_dir.clone(), env.state_memory.clone());
+    let store = tokio::task::spawn_blocking(move || RocksStore::open(&dir, &stores, &memory))
         .await
         .map_err(RuntimeError::join)??;
 

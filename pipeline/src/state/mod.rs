@@ -13,7 +13,7 @@ mod memory;
 mod rocks;
 
 pub use memory::MemoryStore;
-pub use rocks::RocksStore;
+pub use rocks::{RocksStore, StateMemory};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -121,11 +121,12 @@ mod contract_tests {
     #[test]
     fn rocks_store_keeps_the_contract_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
+        let memory = StateMemory::new(8 << 20, 8 << 20);
         {
-            let store = RocksStore::open(dir.path(), &["counts", "offsets"], 8 << 20).unwrap();
+            let store = RocksStore::open(dir.path(), &["counts", "offsets"], &memory).unwrap();
             contract(&store);
         }
-        let store = RocksStore::open(dir.path(), &["counts", "offsets"], 8 << 20).unwrap();
+        let store = RocksStore::open(dir.path(), &["counts", "offsets"], &memory).unwrap();
         assert_eq!(
             store.get("offsets", b"topic-0").unwrap(),
             Some(b"42".to_vec())

@@ -1,25 +1,64 @@
 //! RocksDB [`StateStore`]: one column family per store, one `WriteBatch` per [`Batch`].
+//!
+//! Memory: every database a process opens draws on one [`StateMemory`] — one block
+//! cache and one memtable budget — so a deployment's RocksDB memory is bounded by two
+//! topology settings however many processors and stores it runs.
 
 use std::path::Path;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
-    DB,
+    WriteBufferManager, DB,
 };
 
 use super::{Batch, Entry, StateError, StateStore};
+
+/// Largest memtable of one store before it is flushed; the shared budget flushes sooner.
+const MAX_MEMTABLE_BYTES: usize = 16 << 20;
+
+/// The RocksDB memory of one process, shared by every database it opens.
+#[derive(Clone)]
+pub struct StateMemory {
+    cache: Cache,
+    write_buffers: WriteBufferManager,
+    memtable_bytes: usize,
+}
+
+impl StateMemory {
+    /// A block cache of `cache_bytes` and at most `memtable_bytes` of memtables (writers
+    /// stall past it until flushes catch up) across all databases opened with it.
+    pub fn new(cache_bytes: usize, memtable_bytes: usize) -> Self {
+        Self {
+            cache: Cache::new_lru_cache(cache_bytes),
+            write_buffers: WriteBufferManager::new_write_buffer_manager(memtable_bytes, true),
+            memtable_bytes,
+        }
+    }
+
+    /// The budget a topology's `state` section sets.
+    pub fn from_settings(settings: &crate::topology::StateSettings) -> Self {
+        Self::new(
+            settings.cache_size.0 as usize,
+            settings.memtable_size.0 as usize,
+        )
+    }
+
+    /// Bytes of memtables held now, across every database sharing this budget.
+    pub fn memtable_usage(&self) -> usize {
+        self.write_buffers.get_usage()
+    }
+}
 
 pub struct RocksStore {
     db: DB,
 }
 
 impl RocksStore {
-    /// Opens (or creates) the database at `path` with a column family per store and a
-    /// block cache of `cache_bytes` shared by all of them.
-    pub fn open(path: &Path, stores: &[&str], cache_bytes: usize) -> Result<Self, StateError> {
-        let cache = Cache::new_lru_cache(cache_bytes);
+    /// Opens (or creates) the database at `path` with a column family per store, drawing
+    /// on `memory` for its block cache and memtables.
+    pub fn open(path: &Path, stores: &[&str], memory: &StateMemory) -> Result<Self, StateError> {
         let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&cache);
+        table.set_block_cache(&memory.cache);
         // Most reads of the processors are point lookups, many of absent keys (a claim
         // not seen before): once state outgrows the memtable, bloom filters answer those
         // without reading blocks.
@@ -27,7 +66,14 @@ impl RocksStore {
         let mut cf_options = Options::default();
         cf_options.set_block_based_table_factory(&table);
         cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Most point reads miss (a claim, duplicate key or day not seen before): a bloom
+        // filter over the memtable answers them without searching its skip list.
+        cf_options.set_memtable_whole_key_filtering(true);
+        cf_options.set_memtable_prefix_bloom_ratio(0.1);
+        cf_options
+            .set_write_buffer_size((memory.memtable_bytes / 4).clamp(1 << 20, MAX_MEMTABLE_BYTES));
         let mut db_options = Options::default();
+        db_options.set_write_buffer_manager(&memory.write_buffers);
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
         let families = stores
@@ -105,5 +151,39 @@ impl StateStore for RocksStore {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn databases_sharing_a_budget_keep_their_memtables_under_it() {
+        let budget = 4 << 20;
+        let memory = StateMemory::new(1 << 20, budget);
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let names = ["a", "b", "c"];
+        let stores: Vec<RocksStore> = dirs
+            .iter()
+            .map(|d| RocksStore::open(d.path(), &names, &memory).unwrap())
+            .collect();
+        let value = vec![7u8; 1024];
+        let mut peak = 0;
+        // 48 MiB written over six stores in two databases: twelve times the budget.
+        for round in 0..480u32 {
+            let mut batch = Batch::default();
+            for i in 0..100u32 {
+                let key = (round * 100 + i).to_be_bytes();
+                batch.put(names[(i % 3) as usize], key.to_vec(), value.clone());
+            }
+            stores[(round % 2) as usize].write(batch).unwrap();
+            peak = peak.max(memory.memtable_usage());
+        }
+        assert!(peak > 0, "the memtables are not charged to the budget");
+        assert!(
+            peak <= 2 * budget,
+            "memtables reached {peak} bytes on a budget of {budget}"
+        );
     }
 }

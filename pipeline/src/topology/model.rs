@@ -188,9 +188,13 @@ pub struct RegistrySettings {
 pub struct StateSettings {
     /// Directory of the RocksDB state of this deployment.
     pub dir: PathBuf,
-    /// RocksDB block cache shared by all stores.
+    /// RocksDB block cache shared by every store of the process.
     #[serde(default = "default_cache")]
     pub cache_size: Size,
+    /// Most memory the memtables of every store of the process hold together; past it,
+    /// writes wait for flushes.
+    #[serde(default = "default_cache")]
+    pub memtable_size: Size,
     /// Replication factor of changelog topics.
     #[serde(default = "default_replication")]
     pub changelog_replication_factor: i16,

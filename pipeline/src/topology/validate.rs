@@ -162,15 +162,24 @@ fn check_store(state: &StateSettings, errors: &mut Vec<Diagnostic>) {
                 .with_hint("give a directory, e.g. ./.strata/state/${region}"),
         );
     }
-    if state.cache_size.0 < (1 << 20) {
-        errors.push(
-            Diagnostic::new(
-                K::InvalidStore,
-                "state.cache_size",
-                "the block cache must be at least 1MiB",
-            )
-            .with_hint("64MiB suits most deployments"),
-        );
+    for (path, size, what) in [
+        ("state.cache_size", state.cache_size, "the block cache"),
+        (
+            "state.memtable_size",
+            state.memtable_size,
+            "the memtable budget",
+        ),
+    ] {
+        if size.0 < (1 << 20) {
+            errors.push(
+                Diagnostic::new(
+                    K::InvalidStore,
+                    path,
+                    format!("{what} must be at least 1MiB"),
+                )
+                .with_hint("64MiB suits most deployments"),
+            );
+        }
     }
     if state.changelog_replication_factor < 1 {
         errors.push(Diagnostic::new(

@@ -39,7 +39,7 @@ impl WarmSinkConfig {
     pub fn check(&self) -> Vec<SettingsError> {
         let mut errors: Vec<_> = self
             .connection
-            .check("connection.url")
+            .check("connection")
             .into_iter()
             .collect();
         errors.extend(self.batching.check());
