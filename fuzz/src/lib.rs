@@ -1,6 +1,7 @@
 //! The parsers of external bytes, compiled from their source files for fuzzing:
 //! pgoutput messages, Avro event bodies (the compiled decoding plan and the Confluent
-//! framing), topology YAML and the SQL Server source's stored offsets.
+//! framing), topology YAML, the SQL Server source's stored offsets and the values of the
+//! rows it reads (tiberius's decoded columns to Avro, by the catalog's column types).
 
 #[path = "../../connectors/src/postgres/pgoutput.rs"]
 pub mod pgoutput;
@@ -25,3 +26,24 @@ pub mod runtime {
 
 #[path = "../../pipeline/src/topology/mod.rs"]
 pub mod topology;
+
+// The connectors' sources name the pipeline crate; here its modules are this crate's.
+extern crate self as strata_pipeline;
+
+#[path = "../../pipeline/src/avro/types.rs"]
+pub mod avro_types;
+#[path = "../../connectors/src/postgres/values.rs"]
+pub mod postgres_values;
+#[path = "../../connectors/src/sqlserver/values.rs"]
+pub mod sqlserver_values;
+
+/// The module paths those sources use.
+pub mod avro {
+    pub use super::avro_types as types;
+}
+pub mod postgres {
+    pub use super::postgres_values as values;
+}
+pub mod sqlserver {
+    pub use super::sqlserver_values as values;
+}

@@ -653,10 +653,12 @@ async fn latency(options: &BenchOptions) -> Result<Outcome, String> {
 /// How often the soak samples the deployment.
 const SOAK_SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
-/// One reading of a soak: resident memory, the processors' lag, the slot's retained WAL.
+/// One reading of a soak: resident memory (and RocksDB's part of it), the processors'
+/// lag, the slot's retained WAL.
 struct SoakSample {
     seconds: f64,
     rss_mib: f64,
+    rocksdb_mib: f64,
     lag: f64,
     retained_wal_mib: f64,
 }
@@ -688,12 +690,13 @@ async fn soak(options: &BenchOptions) -> Result<Outcome, String> {
             let sample = SoakSample {
                 seconds: started.elapsed().as_secs_f64(),
                 rss_mib: deployment.stats().rss_mib,
+                rocksdb_mib: scrape.sum("strata_state_memory_bytes", None) / 1048576.0,
                 lag: scrape.sum("strata_consumer_lag", None),
                 retained_wal_mib: scrape.sum("strata_slot_retained_wal_bytes", None) / 1048576.0,
             };
             println!(
-                "soak {:>5.0} s: rss {:>7.1} MiB, consumer lag {:>8.0}, retained WAL {:>7.1} MiB",
-                sample.seconds, sample.rss_mib, sample.lag, sample.retained_wal_mib
+                "soak {:>5.0} s: rss {:>7.1} MiB (RocksDB {:>6.1}), consumer lag {:>8.0}, retained WAL {:>7.1} MiB",
+                sample.seconds, sample.rss_mib, sample.rocksdb_mib, sample.lag, sample.retained_wal_mib
             );
             samples.push(sample);
         }
@@ -725,6 +728,7 @@ async fn soak(options: &BenchOptions) -> Result<Outcome, String> {
         ("rss_first_third_max_mib", max_of(first, |s| s.rss_mib)),
         ("rss_last_third_max_mib", max_of(last, |s| s.rss_mib)),
         ("peak_rss_mib", peak),
+        ("rocksdb_last_third_max_mib", max_of(last, |s| s.rocksdb_mib)),
         ("lag_first_third_max", max_of(first, |s| s.lag)),
         ("lag_last_third_max", max_of(last, |s| s.lag)),
         (

@@ -60,7 +60,7 @@ pub struct UnmappedType {
 }
 
 /// Splits `numeric(12,2)` into `numeric` and `[12, 2]`.
-fn split_modifiers(type_name: &str) -> (&str, Vec<u32>) {
+fn split_modifiers(type_name: &str) -> (&str, Vec<i64>) {
     match type_name.split_once('(') {
         Some((base, rest)) => {
             let args = rest
@@ -74,19 +74,29 @@ fn split_modifiers(type_name: &str) -> (&str, Vec<u32>) {
     }
 }
 
-/// `decimal(p)` / `decimal(p,s)` modifiers; `None` when there are none.
-fn decimal(args: &[u32]) -> Option<ColumnType> {
-    match args {
-        [p] => Some(ColumnType::Decimal {
-            precision: *p,
-            scale: 0,
-        }),
-        [p, s] => Some(ColumnType::Decimal {
-            precision: *p,
-            scale: *s,
-        }),
-        _ => None,
+/// `decimal(p)` / `decimal(p,s)` modifiers; `None` when there are none (or no valid
+/// precision). Avro wants 0 ≤ scale ≤ precision, which PostgreSQL 15 does not: a scale
+/// above the precision (`numeric(2,5)`: at most 0.00099) widens the precision to the
+/// scale, a negative one (`numeric(3,-2)`: up to 99900) becomes scale 0 with the
+/// precision the rounded integers need. Every value of the column fits either way.
+fn decimal(args: &[i64]) -> Option<ColumnType> {
+    let (precision, scale) = match args {
+        [p] => (*p, 0),
+        [p, s] => (*p, *s),
+        _ => return None,
+    };
+    if precision < 1 {
+        return None;
     }
+    let (precision, scale) = if scale < 0 {
+        (precision.checked_sub(scale)?, 0)
+    } else {
+        (precision.max(scale), scale)
+    };
+    Some(ColumnType::Decimal {
+        precision: u32::try_from(precision).ok()?,
+        scale: u32::try_from(scale).ok()?,
+    })
 }
 
 impl ColumnType {
@@ -274,6 +284,21 @@ mod tests {
                 "numeric(7)",
                 ColumnType::Decimal {
                     precision: 7,
+                    scale: 0,
+                },
+            ),
+            // PostgreSQL 15 allows a scale above the precision, or below zero.
+            (
+                "numeric(2,5)",
+                ColumnType::Decimal {
+                    precision: 5,
+                    scale: 5,
+                },
+            ),
+            (
+                "numeric(3,-2)",
+                ColumnType::Decimal {
+                    precision: 5,
                     scale: 0,
                 },
             ),

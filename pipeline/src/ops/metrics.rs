@@ -28,6 +28,7 @@ pub struct Metrics {
     pub ready: IntGaugeVec,
     pub circuit_open: IntGaugeVec,
     pub replay_events: IntGaugeVec,
+    pub state_memory_bytes: IntGaugeVec,
     /// Every series name defined here (with the `strata_` prefix), for checking
     /// dashboards and alert rules against.
     names: Vec<(String, Kind)>,
@@ -166,6 +167,11 @@ impl Metrics {
                 "source_circuit_open",
                 "1 while a source's circuit breaker is open: its server failed repeatedly and is left alone for a while",
                 &["component"],
+            ),
+            state_memory_bytes: gauge(
+                "state_memory_bytes",
+                "RocksDB memory of the process: `memtables` (bounded by state.memtable_size) and `block_cache` (by state.cache_size)",
+                &["kind"],
             ),
             replay_events: gauge(
                 "replay_events",

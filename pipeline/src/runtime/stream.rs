@@ -717,6 +717,13 @@ impl Loop {
             tokio::task::spawn_blocking(move || store.write(batch))
                 .await
                 .map_err(RuntimeError::join)??;
+            let (memory, gauge) = (&self.env.state_memory, &self.env.metrics.state_memory_bytes);
+            gauge
+                .with_label_values(&["memtables"])
+                .set(memory.memtable_usage() as i64);
+            gauge
+                .with_label_values(&["block_cache"])
+                .set(memory.cache_usage() as i64);
         }
 
         // 4. Consumer offsets.

@@ -47,6 +47,11 @@ impl StateMemory {
     pub fn memtable_usage(&self) -> usize {
         self.write_buffers.get_usage()
     }
+
+    /// Bytes of blocks held in the shared cache now.
+    pub fn cache_usage(&self) -> usize {
+        self.cache.get_usage()
+    }
 }
 
 pub struct RocksStore {
@@ -63,6 +68,10 @@ impl RocksStore {
         // not seen before): once state outgrows the memtable, bloom filters answer those
         // without reading blocks.
         table.set_bloom_filter(10.0, false);
+        // Index and filter blocks count against the cache too, so memory stays bounded as
+        // state grows; level 0's stay pinned, as every read consults them.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         let mut cf_options = Options::default();
         cf_options.set_block_based_table_factory(&table);
         cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
