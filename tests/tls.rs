@@ -238,11 +238,10 @@ async fn servers_another_ca_signed_are_refused() {
         .set("group.id", "tls-refused")
         .create()
         .unwrap();
-    let metadata = tokio::task::spawn_blocking(move || {
-        consumer.fetch_metadata(None, Duration::from_secs(10))
-    })
-    .await
-    .unwrap();
+    let metadata =
+        tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, Duration::from_secs(10)))
+            .await
+            .unwrap();
     assert!(
         metadata.is_err(),
         "a broker behind a certificate the CA did not sign answered"
@@ -257,11 +256,12 @@ async fn servers_another_ca_signed_are_refused() {
         registry.url.trim_start_matches("http://").to_string(),
     )
     .await;
-    let err = registry_over_tls(registry_port, &other)
+    let Err(err) = registry_over_tls(registry_port, &other)
         .register("tls-refused-value", r#"{"type": "string"}"#)
         .await
-        .err()
-        .expect("the registry's certificate is refused");
+    else {
+        panic!("the registry's certificate is refused")
+    };
     assert!(
         err.to_string().contains("certificate"),
         "the error names the certificate: {err}"

@@ -378,12 +378,32 @@ impl Deployment {
     }
 
     /// SIGTERM (it drains and commits), then drops the slot and the database.
-    async fn stop(mut self, options: &BenchOptions) -> ProcessStats {
+    async fn stop(self, options: &BenchOptions) -> ProcessStats {
+        self.stop_checked(options).await.0
+    }
+
+    /// Stops the deployment with SIGTERM, and with SIGKILL if it has not exited within
+    /// [`STOP_DEADLINE`]; whether it exited by itself.
+    async fn stop_checked(mut self, options: &BenchOptions) -> (ProcessStats, bool) {
         let stats = self.stats();
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = tokio::task::spawn_blocking(move || self.child.wait()).await;
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let started = Instant::now();
+        let exited = loop {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break true;
+            }
+            if started.elapsed() > STOP_DEADLINE {
+                println!(
+                    "[bench] the deployment did not exit within {} s of SIGTERM; killing it",
+                    STOP_DEADLINE.as_secs()
+                );
+                let _ = self.child.kill();
+                let _ = tokio::task::spawn_blocking(move || self.child.wait()).await;
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         if let Ok(mut admin) = connect(&options.pg_admin_url).await {
             let _ = sqlx::query(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1",
@@ -395,9 +415,12 @@ impl Deployment {
                 .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
                 .await;
         }
-        stats
+        (stats, exited)
     }
 }
+
+/// How long a deployment may take to drain and exit after SIGTERM.
+const STOP_DEADLINE: Duration = Duration::from_secs(60);
 
 fn tail(path: &std::path::Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -708,7 +731,7 @@ async fn soak(options: &BenchOptions) -> Result<Outcome, String> {
     }
     .await;
     let peak = deployment.stats().peak_rss_mib;
-    deployment.stop(options).await;
+    let (_, exited) = deployment.stop_checked(options).await;
     let (report, samples) = result?;
     if samples.len() < 6 {
         return Err(format!(
@@ -728,7 +751,10 @@ async fn soak(options: &BenchOptions) -> Result<Outcome, String> {
         ("rss_first_third_max_mib", max_of(first, |s| s.rss_mib)),
         ("rss_last_third_max_mib", max_of(last, |s| s.rss_mib)),
         ("peak_rss_mib", peak),
-        ("rocksdb_last_third_max_mib", max_of(last, |s| s.rocksdb_mib)),
+        (
+            "rocksdb_last_third_max_mib",
+            max_of(last, |s| s.rocksdb_mib),
+        ),
         ("lag_first_third_max", max_of(first, |s| s.lag)),
         ("lag_last_third_max", max_of(last, |s| s.lag)),
         (
@@ -762,6 +788,7 @@ async fn soak(options: &BenchOptions) -> Result<Outcome, String> {
         "the target rate sustained (≥ 95 %)",
         achieved >= options.rate * 0.95,
     );
+    outcome.goal("the deployment exits on SIGTERM (within 60 s)", exited);
     Ok(outcome)
 }
 

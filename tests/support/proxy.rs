@@ -54,8 +54,7 @@ pub async fn proxy(target: String) -> Proxy {
 pub async fn tls_terminator(port: u16, target: String) {
     let dir = super::tls_dir();
     let read = |name: &str| {
-        std::fs::read(dir.join(name))
-            .unwrap_or_else(|e| panic!("{name} in {}: {e}", dir.display()))
+        std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name} in {}: {e}", dir.display()))
     };
     let identity = tokio_native_tls::native_tls::Identity::from_pkcs8(
         &read("server.crt"),

@@ -60,11 +60,8 @@ fn is_identifier(s: &str) -> bool {
 
 impl PostgresSourceConfig {
     pub fn check(&self) -> Vec<SettingsError> {
-        let mut errors: Vec<SettingsError> = self
-            .connection
-            .check("connection")
-            .into_iter()
-            .collect();
+        let mut errors: Vec<SettingsError> =
+            self.connection.check("connection").into_iter().collect();
         let invalid = |path: String, message: String, hint: &str| SettingsError {
             kind: DiagnosticKind::InvalidValue,
             path,

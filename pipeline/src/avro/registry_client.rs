@@ -216,14 +216,11 @@ impl RegistryClient {
             detail,
             retriable,
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| {
-                let detail = with_causes(e.to_string(), std::error::Error::source(&e));
-                let again = retriable(true, &detail);
-                failed(detail, again)
-            })?;
+        let response = request.send().await.map_err(|e| {
+            let detail = with_causes(e.to_string(), std::error::Error::source(&e));
+            let again = retriable(true, &detail);
+            failed(detail, again)
+        })?;
         if response.status().is_success() {
             Ok(())
         } else {

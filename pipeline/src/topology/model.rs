@@ -191,8 +191,8 @@ pub struct StateSettings {
     /// RocksDB block cache shared by every store of the process.
     #[serde(default = "default_cache")]
     pub cache_size: Size,
-    /// Most memory the memtables of every store of the process hold together; past it,
-    /// writes wait for flushes.
+    /// Memory the memtables of every store of the process hold together; past it, the
+    /// store being written flushes.
     #[serde(default = "default_cache")]
     pub memtable_size: Size,
     /// Replication factor of changelog topics.

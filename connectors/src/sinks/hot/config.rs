@@ -24,11 +24,7 @@ impl HotSinkConfig {
     pub const DEFAULT_SCHEMA: &'static str = "hot";
 
     pub fn check(&self) -> Vec<SettingsError> {
-        let mut errors: Vec<_> = self
-            .connection
-            .check("connection")
-            .into_iter()
-            .collect();
+        let mut errors: Vec<_> = self.connection.check("connection").into_iter().collect();
         errors.extend(self.batching.check());
         errors
     }

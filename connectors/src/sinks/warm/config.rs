@@ -37,11 +37,7 @@ impl WarmSinkConfig {
     pub const DEFAULT_SCHEMA: &'static str = "warm";
 
     pub fn check(&self) -> Vec<SettingsError> {
-        let mut errors: Vec<_> = self
-            .connection
-            .check("connection")
-            .into_iter()
-            .collect();
+        let mut errors: Vec<_> = self.connection.check("connection").into_iter().collect();
         errors.extend(self.batching.check());
         if self.partitions_ahead > 120 {
             errors.push(SettingsError {

@@ -34,6 +34,18 @@ const AMOUNTS: &str = "amounts";
 const PROVIDER_DAYS: &str = "provider_days";
 /// Claims waiting for their member's first policy.
 const WAITING: &str = "waiting";
+/// Velocity windows up to this many days read each day's claims by key; longer ones scan
+/// the member's days.
+const POINT_READ_DAYS: i32 = 4;
+
+/// `MEMBER_DAYS` key: the member, then the day with its sign bit flipped, so a member's
+/// days sort in day order (negative days included).
+fn member_day_key(member: i64, day: i32) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..8].copy_from_slice(&member.to_be_bytes());
+    key[8..].copy_from_slice(&((day as u32) ^ (1 << 31)).to_be_bytes());
+    key
+}
 
 /// Amount columns are numeric(12,2) in both sources.
 const AMOUNT_SCALE: u32 = 2;
@@ -488,8 +500,7 @@ impl ClaimAnalysis {
         // Member velocity: more than the limit within the window flags the whole burst.
         // Claims are indexed by (member, service day), so claims arriving out of date
         // order are counted against the right days.
-        let mut day_key = claim.member.to_be_bytes().to_vec();
-        day_key.extend_from_slice(&((claim.from as u32) ^ (1 << 31)).to_be_bytes());
+        let day_key = member_day_key(claim.member, claim.from);
         let mut ids: Vec<i64> = ctx
             .get(MEMBER_DAYS, &day_key)?
             .and_then(|b| decode_state(&b))
@@ -498,22 +509,38 @@ impl ClaimAnalysis {
             ids.push(claim.claim_id);
         }
         ctx.put(MEMBER_DAYS, &day_key, encode_state(&ids));
+        // The days within the window, in day order: a few point reads for a short window
+        // (one, this day's, for the default of a day) rather than a scan of every day.
         let mut near: Vec<(i32, i64)> = Vec::new();
-        for (key, value) in ctx.scan_prefix(MEMBER_DAYS, &claim.member.to_be_bytes())? {
-            let Some(day) = key
-                .get(8..12)
-                .and_then(|b| b.try_into().ok())
-                .map(|b| (u32::from_be_bytes(b) ^ (1 << 31)) as i32)
-            else {
-                continue;
-            };
-            if (day - claim.from).abs() < velocity_days {
-                near.extend(
-                    decode_state::<Vec<i64>>(&value)
+        if velocity_days <= POINT_READ_DAYS {
+            let span = velocity_days - 1;
+            for day in claim.from - span..=claim.from + span {
+                let ids_of_day = if day == claim.from {
+                    ids.clone()
+                } else {
+                    ctx.get(MEMBER_DAYS, &member_day_key(claim.member, day))?
+                        .and_then(|b| decode_state::<Vec<i64>>(&b))
                         .unwrap_or_default()
-                        .into_iter()
-                        .map(|id| (day, id)),
-                );
+                };
+                near.extend(ids_of_day.into_iter().map(|id| (day, id)));
+            }
+        } else {
+            for (key, value) in ctx.scan_prefix(MEMBER_DAYS, &claim.member.to_be_bytes())? {
+                let Some(day) = key
+                    .get(8..12)
+                    .and_then(|b| b.try_into().ok())
+                    .map(|b| (u32::from_be_bytes(b) ^ (1 << 31)) as i32)
+                else {
+                    continue;
+                };
+                if (day - claim.from).abs() < velocity_days {
+                    near.extend(
+                        decode_state::<Vec<i64>>(&value)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|id| (day, id)),
+                    );
+                }
             }
         }
         if near.len() > self.config.member_velocity_limit as usize {

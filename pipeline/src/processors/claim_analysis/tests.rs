@@ -61,7 +61,8 @@ impl Feeder {
         self.feed(value).expect("processed")
     }
 
-    fn claim(&mut self, id: i64, member: i64, provider: i64, billed: f64) {
+    /// Claim `id`, served on `DAY - id % 200`; the analyses it leads to.
+    fn claim(&mut self, id: i64, member: i64, provider: i64, billed: f64) -> Vec<Output> {
         self.row(
             "claims",
             vec![
@@ -79,7 +80,7 @@ impl Feeder {
                     Value::Array(vec![Value::String("J06.9".into())]),
                 ),
             ],
-        );
+        )
     }
 
     /// The reason codes of the analysis a line leads to.
@@ -225,6 +226,38 @@ fn a_provider_over_its_daily_limit_is_flagged_from_the_claim_that_passes_it() {
         flagged.push(codes.contains(&"VELOCITY_PROVIDER".to_string()));
     }
     assert_eq!(flagged, [false, false, false, true, true]);
+}
+
+#[test]
+fn member_velocity_counts_the_days_within_the_window_short_or_long() {
+    // Claims 1, 2 and 3 are served on consecutive days, claim 10 a week before them.
+    // A 3-day window (read day by day) holds the first three together; a 10-day window
+    // (a scan of the member's days) holds all four.
+    for (window, flagged) in [("3d", vec![1, 2, 3]), ("10d", vec![1, 2, 3, 10])] {
+        let mut f = Feeder::with(
+            serde_yaml_ng::from_str(&format!(
+                "{{velocity_window: {window}, member_velocity_limit: 2}}"
+            ))
+            .unwrap(),
+        );
+        let mut latest = std::collections::BTreeMap::new();
+        for id in [1, 2, 3, 10] {
+            for out in f.claim(id, 9, 100 + id, 50.0 * id as f64) {
+                let Some(Value::Long(claim)) =
+                    record_field(out.value.as_ref().unwrap(), "claim_id")
+                else {
+                    panic!("claim_id")
+                };
+                latest.insert(*claim, codes(&out).contains(&"VELOCITY_MEMBER".to_string()));
+            }
+        }
+        let got: Vec<i64> = latest
+            .into_iter()
+            .filter(|(_, v)| *v)
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(got, flagged, "window {window}");
+    }
 }
 
 fn analysis_id(output: &Output) -> String {
