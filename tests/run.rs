@@ -12,6 +12,12 @@ fn topology(dir: &Path, registry: &str, pg_url: &str, slot: &str) -> PathBuf {
     let minimal = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/topologies/minimal.yaml");
     let text = std::fs::read_to_string(minimal)
         .unwrap()
+        // Each run its own region, so its topics and consumer groups: deployments of
+        // tests running side by side in one group would take each other's partitions.
+        .replace(
+            "region: test",
+            &format!("region: {}", support::unique("run").replace('_', "-")),
+        )
         .replace("127.0.0.1:19092", &support::kafka_brokers())
         .replace("http://127.0.0.1:18081", registry)
         .replace("postgres://postgres@127.0.0.1:15432/claims", pg_url)
@@ -77,11 +83,15 @@ impl Deployment {
     }
 
     async fn finish(mut self) {
-        self.wait_slot(false).await;
-        sqlx::Executor::execute(
-            &mut self.db,
-            format!("SELECT pg_drop_replication_slot('{}')", self.slot).as_str(),
+        support::wait_for("the slot to be released", Duration::from_secs(60), || {
+            support::slot_released(self.db_url.clone(), self.slot.clone())
+        })
+        .await;
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
         )
+        .bind(&self.slot)
+        .execute(&mut self.db)
         .await
         .unwrap();
         self.registry.shutdown().await;
@@ -170,25 +180,39 @@ async fn a_drain_past_its_deadline_exits_one_naming_it() {
     // longer than this deadline.
     d.append("shutdown: { drain_timeout: 100ms }\n");
     let listen = format!("127.0.0.1:{}", support::free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_strata"))
+    // Logs go to a file: a pipe nobody reads until the end would block the process once
+    // it filled.
+    let log_path = d.dir.path().join("strata.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
         .arg("run")
         .arg(&d.file)
         .args(["--listen", &listen])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .expect("strata starts");
-    d.wait_slot(true).await;
+    let started = Instant::now();
+    while support::slot_active(d.db_url.clone(), d.slot.clone(), true)
+        .await
+        .is_none()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none(),
+            "the slot never became active:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+    let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("drain_timeout"), "{err}");
     d.finish().await;
 }

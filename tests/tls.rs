@@ -61,6 +61,37 @@ fn registry_over_tls(port: u16, ca: &Path) -> Codec {
     .expect("a codec")
 }
 
+/// A private broker and a registry, each behind a TLS terminator holding the test
+/// certificate (the broker advertises its terminator).
+struct TlsServices {
+    kafka_port: u16,
+    registry_port: u16,
+    registry: support::Registry,
+    _broker: MemoryBroker,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsServices {
+    async fn start() -> Self {
+        let kafka_port = support::free_port();
+        let broker = MemoryBroker::start_advertising(Some(&format!("localhost:{kafka_port}")))
+            .expect("tansu starts (scripts/install-deps.sh installs it)");
+        tls_terminator(kafka_port, broker.address().to_string()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let registry = support::start_registry(dir.path()).await;
+        let registry_port = support::free_port();
+        let plain = registry.url.trim_start_matches("http://").to_string();
+        tls_terminator(registry_port, plain).await;
+        Self {
+            kafka_port,
+            registry_port,
+            registry,
+            _broker: broker,
+            _dir: dir,
+        }
+    }
+}
+
 /// Whether the server sees TLS on the backend `pid_sql` selects.
 async fn server_sees_tls(conn: &mut sqlx::PgConnection, pid_sql: &str, bind: &str) -> bool {
     sqlx::query_scalar::<_, bool>(&format!(
@@ -80,19 +111,7 @@ async fn a_change_travels_over_tls_from_postgres_through_kafka_and_the_registry(
         .await
         .unwrap();
 
-    let kafka_port = support::free_port();
-    let broker = MemoryBroker::start_advertising(Some(&format!("localhost:{kafka_port}")))
-        .expect("tansu starts (scripts/install-deps.sh installs it)");
-    tls_terminator(kafka_port, broker.address().to_string()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let registry = support::start_registry(dir.path()).await;
-    let registry_port = support::free_port();
-    tls_terminator(
-        registry_port,
-        registry.url.trim_start_matches("http://").to_string(),
-    )
-    .await;
-
+    let services = TlsServices::start().await;
     let slot = format!("t_tls_{}", std::process::id());
     let config: PostgresSourceConfig = serde_yaml_ng::from_str(&format!(
         "{{connection: {{url: '{}', ssl_mode: verify-full, ssl_root_cert: '{}'}}, publication: t_tls_pub, slot: {slot}, tables: [public.notes], status_interval: 1s}}",
@@ -100,8 +119,8 @@ async fn a_change_travels_over_tls_from_postgres_through_kafka_and_the_registry(
         ca.display()
     ))
     .unwrap();
-    let kafka = kafka_over_tls(kafka_port, &ca);
-    let codec = Arc::new(registry_over_tls(registry_port, &ca));
+    let kafka = kafka_over_tls(services.kafka_port, &ca);
+    let codec = Arc::new(registry_over_tls(services.registry_port, &ca));
     let ctx = SourceContext {
         component: "postgres".into(),
         region: "tls".into(),
@@ -185,7 +204,7 @@ async fn a_change_travels_over_tls_from_postgres_through_kafka_and_the_registry(
         .execute(&mut conn)
         .await
         .unwrap();
-    registry.shutdown().await;
+    services.registry.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -230,11 +249,8 @@ async fn servers_another_ca_signed_are_refused() {
     assert!(!err.is_transient(), "a wrong CA is not waited out: {err}");
 
     // Kafka.
-    let kafka_port = support::free_port();
-    let broker = MemoryBroker::start_advertising(Some(&format!("localhost:{kafka_port}")))
-        .expect("tansu starts");
-    tls_terminator(kafka_port, broker.address().to_string()).await;
-    let consumer: StreamConsumer = client_config(&kafka_over_tls(kafka_port, &other))
+    let services = TlsServices::start().await;
+    let consumer: StreamConsumer = client_config(&kafka_over_tls(services.kafka_port, &other))
         .set("group.id", "tls-refused")
         .create()
         .unwrap();
@@ -248,15 +264,7 @@ async fn servers_another_ca_signed_are_refused() {
     );
 
     // The schema registry.
-    let dir = tempfile::tempdir().unwrap();
-    let registry = support::start_registry(dir.path()).await;
-    let registry_port = support::free_port();
-    tls_terminator(
-        registry_port,
-        registry.url.trim_start_matches("http://").to_string(),
-    )
-    .await;
-    let Err(err) = registry_over_tls(registry_port, &other)
+    let Err(err) = registry_over_tls(services.registry_port, &other)
         .register("tls-refused-value", r#"{"type": "string"}"#)
         .await
     else {
@@ -267,5 +275,5 @@ async fn servers_another_ca_signed_are_refused() {
         "the error names the certificate: {err}"
     );
     assert!(!err.is_transient(), "a wrong CA is not waited out: {err}");
-    registry.shutdown().await;
+    services.registry.shutdown().await;
 }
