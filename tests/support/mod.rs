@@ -158,33 +158,29 @@ pub async fn fresh_db(name: &str) -> (String, sqlx::PgConnection) {
     (url, conn)
 }
 
+/// The `active` flag of replication slot `slot` (`Some(None)` when there is no such
+/// slot); `None` when the database cannot be asked.
+async fn slot_activity(url: &str, slot: &str) -> Option<Option<bool>> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(url).await.ok()?;
+    let active = sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
+        .bind(slot)
+        .fetch_optional(&mut c)
+        .await
+        .ok()?;
+    let _ = c.close().await;
+    Some(active)
+}
+
 /// `Some` when replication slot `slot` exists and its `active` flag is `want`.
 pub async fn slot_active(url: String, slot: String, want: bool) -> Option<()> {
-    use sqlx::Connection;
-    let mut c = sqlx::PgConnection::connect(&url).await.ok()?;
-    let active: Option<bool> =
-        sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
-            .bind(&slot)
-            .fetch_optional(&mut c)
-            .await
-            .ok()?;
-    let _ = c.close().await;
-    (active == Some(want)).then_some(())
+    (slot_activity(&url, &slot).await? == Some(want)).then_some(())
 }
 
 /// `Some` when no process holds replication slot `slot`: it is inactive, or gone (a
 /// process stopped while it was still creating the slot leaves none).
 pub async fn slot_released(url: String, slot: String) -> Option<()> {
-    use sqlx::Connection;
-    let mut c = sqlx::PgConnection::connect(&url).await.ok()?;
-    let active: Option<bool> =
-        sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
-            .bind(&slot)
-            .fetch_optional(&mut c)
-            .await
-            .ok()?;
-    let _ = c.close().await;
-    (active != Some(true)).then_some(())
+    (slot_activity(&url, &slot).await? != Some(true)).then_some(())
 }
 
 /// A child process killed (and reaped) when dropped, so a failing test leaves no
