@@ -21,7 +21,6 @@ const MAX_MEMTABLE_BYTES: usize = 16 << 20;
 pub struct StateMemory {
     cache: Cache,
     write_buffers: WriteBufferManager,
-    memtable_bytes: usize,
 }
 
 impl StateMemory {
@@ -35,7 +34,6 @@ impl StateMemory {
         Self {
             cache: Cache::new_lru_cache(cache_bytes),
             write_buffers: WriteBufferManager::new_write_buffer_manager(memtable_bytes, false),
-            memtable_bytes,
         }
     }
 
@@ -83,8 +81,9 @@ impl RocksStore {
         // filter over the memtable answers them without searching its skip list.
         cf_options.set_memtable_whole_key_filtering(true);
         cf_options.set_memtable_prefix_bloom_ratio(0.1);
-        cf_options
-            .set_write_buffer_size((memory.memtable_bytes / 4).clamp(1 << 20, MAX_MEMTABLE_BYTES));
+        cf_options.set_write_buffer_size(
+            (memory.write_buffers.get_buffer_size() / 4).clamp(1 << 20, MAX_MEMTABLE_BYTES),
+        );
         let mut db_options = Options::default();
         db_options.set_write_buffer_manager(&memory.write_buffers);
         db_options.create_if_missing(true);
