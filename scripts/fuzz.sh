@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes every parser of external bytes (fuzz/: pgoutput messages, Avro event bodies,
-# topology YAML, SQL Server offsets) for a bounded time each, with cargo-fuzz on the
-# nightly toolchain; first replays every input that once crashed (fuzz/regressions/).
+# topology YAML, SQL Server offsets, PostgreSQL and SQL Server row values) for a bounded
+# time each, with cargo-fuzz on the nightly toolchain; first replays every input that
+# once crashed (fuzz/regressions/).
 #
 #   scripts/fuzz.sh            # 30 s per target
 #   scripts/fuzz.sh 600        # a nightly run

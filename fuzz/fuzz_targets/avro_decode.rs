@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
     };
     DECODERS.with(|(reader, plan)| {
         let mut rest = body;
-        let generic = reader.read_value(&mut rest).ok().filter(|_| rest.is_empty());
+        let generic = reader
+            .read_value(&mut rest)
+            .ok()
+            .filter(|_| rest.is_empty());
         if let Some(plan) = plan {
             let mut rest = body;
             if let Some(value) = plan.decode(&mut rest).filter(|_| rest.is_empty()) {

@@ -16,10 +16,35 @@ use tiberius::time::{Date, DateTime, DateTime2, DateTimeOffset, SmallDateTime, T
 use tiberius::ColumnData;
 
 const TYPES: &[&str] = &[
-    "tinyint", "smallint", "int", "bigint", "real", "float", "bit", "decimal", "numeric",
-    "money", "smallmoney", "date", "time", "datetime", "datetime2", "smalldatetime",
-    "datetimeoffset", "uniqueidentifier", "char", "varchar", "nchar", "nvarchar", "text",
-    "ntext", "binary", "varbinary", "image", "xml", "sql_variant",
+    "tinyint",
+    "smallint",
+    "int",
+    "bigint",
+    "real",
+    "float",
+    "bit",
+    "decimal",
+    "numeric",
+    "money",
+    "smallmoney",
+    "date",
+    "time",
+    "datetime",
+    "datetime2",
+    "smalldatetime",
+    "datetimeoffset",
+    "uniqueidentifier",
+    "char",
+    "varchar",
+    "nchar",
+    "nvarchar",
+    "text",
+    "ntext",
+    "binary",
+    "varbinary",
+    "image",
+    "xml",
+    "sql_variant",
 ];
 
 fn type_name(u: &mut Unstructured) -> Result<String> {
@@ -64,7 +89,10 @@ fn column_data(u: &mut Unstructured) -> Result<ColumnData<'static>> {
             some(u)?
                 .then(|| -> Result<Numeric> {
                     // A scale past 37 is not TDS; tiberius asserts it.
-                    Ok(Numeric::new_with_scale(u.arbitrary()?, u.int_in_range(0..=37)?))
+                    Ok(Numeric::new_with_scale(
+                        u.arbitrary()?,
+                        u.int_in_range(0..=37)?,
+                    ))
                 })
                 .transpose()?,
         ),
@@ -112,7 +140,8 @@ fn time(u: &mut Unstructured) -> Result<Time> {
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
-    let (Ok(name), Ok(nullable), Ok(cell)) = (type_name(&mut u), u.arbitrary(), column_data(&mut u))
+    let (Ok(name), Ok(nullable), Ok(cell)) =
+        (type_name(&mut u), u.arbitrary(), column_data(&mut u))
     else {
         return;
     };

@@ -1,7 +1,8 @@
 //! The parsers of external bytes, compiled from their source files for fuzzing:
 //! pgoutput messages, Avro event bodies (the compiled decoding plan and the Confluent
-//! framing), topology YAML, the SQL Server source's stored offsets and the values of the
-//! rows it reads (tiberius's decoded columns to Avro, by the catalog's column types).
+//! framing), topology YAML, the SQL Server source's stored offsets, and the row values
+//! both sources read (PostgreSQL's text format, tiberius's decoded columns) to Avro, by
+//! the catalog's column types.
 
 #[path = "../../connectors/src/postgres/pgoutput.rs"]
 pub mod pgoutput;

@@ -179,13 +179,7 @@ fn parse_bytea(text: &str) -> Result<Vec<u8>, String> {
     let hex = text
         .strip_prefix("\\x")
         .ok_or("bytea must be in hex output format (bytea_output = hex)")?;
-    if hex.len() % 2 != 0 {
-        return Err("odd number of hex digits".into());
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))
-        .collect()
+    hex::decode(hex).map_err(|e| e.to_string())
 }
 
 /// Elements of a one-dimensional array literal (`{a,"b c",NULL}`); `None` is NULL.
@@ -319,6 +313,14 @@ mod tests {
             text_to_avro("b", &ColumnType::Bytes, "\\x0aff").unwrap(),
             Value::Bytes(vec![10, 255])
         );
+        // Not hex digits, odd length, or a multi-byte character where a digit pair
+        // should start: each an error (the last once panicked slicing inside the char).
+        for text in ["\\x0g", "\\x0af", "\\x \u{80}A", "0aff"] {
+            assert!(
+                text_to_avro("b", &ColumnType::Bytes, text).is_err(),
+                "{text}"
+            );
+        }
         assert_eq!(
             text_to_avro("f", &ColumnType::Bool, "t").unwrap(),
             Value::Boolean(true)
