@@ -5,8 +5,7 @@
 //! certificate fronts them; the broker advertises the terminator). A server whose
 //! certificate another CA signed is refused, with an error that says so.
 //!
-//! Not covered here: SASL/SCRAM to Kafka — neither tansu nor librdkafka's mock cluster
-//! speaks SASL, so only its settings are tested (`pipeline/src/kafka/config.rs`).
+//! SASL/SCRAM to Kafka is tested in `tests/sasl.rs`.
 
 mod support;
 

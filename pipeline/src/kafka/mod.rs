@@ -26,6 +26,11 @@ pub enum KafkaError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    #[error(
+        "Kafka at {brokers} refused Strata's credentials: {reason}; check `kafka.sasl_mechanism`, \
+         `kafka.sasl_username` and `kafka.sasl_password` in the topology"
+    )]
+    Authentication { brokers: String, reason: String },
     #[error("cannot create topic `{topic}`: {code}")]
     CreateTopic {
         topic: String,
