@@ -193,6 +193,7 @@ async fn measure(
         outputs: HashMap::from([(None, out.clone())]),
         changelog: format!("{run}.changelog"),
         dead_letter: format!("{run}.dead-letter"),
+        audit: format!("{run}.audit"),
         state_dir: state.path().to_path_buf(),
         partitions: 4,
         changelog_replication_factor: 1,

@@ -277,6 +277,7 @@ async fn main() {
         group_id: format!("{run}.hot"),
         inputs: vec![topic.clone()],
         dead_letter: format!("{run}.dead-letter"),
+        audit: format!("{run}.audit"),
         max_rows: batch,
         max_wait: Duration::from_millis(200),
         window: None,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apache_avro::types::Value;
+use futures::future::BoxFuture;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -20,8 +21,8 @@ use strata_pipeline::ops::metrics::Metrics;
 use strata_pipeline::ops::shutdown::CancellationToken;
 use strata_pipeline::runtime::processor::record_field;
 use strata_pipeline::runtime::{
-    run_processor, Context, Event, Output, OutputSchema, ProcessError, Processor, ProcessorEnv,
-    ProcessorSpec, Rejection, Timer,
+    run_processor, run_sink, Context, Event, Output, OutputSchema, ProcessError, Processor,
+    ProcessorEnv, ProcessorSpec, Rejected, Rejection, Sink, SinkError, SinkRecord, SinkSpec, Timer,
 };
 use strata_pipeline::state::StateMemory;
 use strata_pipeline::topology::KafkaSettings;
@@ -119,6 +120,7 @@ struct Fixture {
     output: String,
     timers: String,
     dead_letter: String,
+    audit: String,
     group: String,
     changelog: String,
     producer: FutureProducer,
@@ -143,13 +145,14 @@ impl Fixture {
             output: format!("{name}.out"),
             timers: format!("{name}.out.timers"),
             dead_letter: format!("{name}.dead-letter"),
+            audit: format!("{name}.audit"),
             group: format!("{name}.group"),
             changelog: format!("{name}.changelog"),
             producer: strata_pipeline::kafka::producer(&kafka).expect("producer"),
             kafka,
             codec,
         };
-        let topics: Vec<_> = [&f.input, &f.output, &f.timers, &f.dead_letter]
+        let topics: Vec<_> = [&f.input, &f.output, &f.timers, &f.dead_letter, &f.audit]
             .into_iter()
             .map(|t| TopicSpec {
                 name: t.clone(),
@@ -175,6 +178,7 @@ impl Fixture {
             outputs,
             changelog: self.changelog.clone(),
             dead_letter: self.dead_letter.clone(),
+            audit: self.audit.clone(),
             state_dir: state_dir.to_path_buf(),
             partitions: 2,
             changelog_replication_factor: 1,
@@ -360,6 +364,37 @@ async fn state_survives_restarts_and_moves_through_the_changelog() {
     assert_eq!(raw.2["strata.component"], "counter");
     assert_eq!(raw.2["strata.input.topic"], f.input);
     assert_eq!(raw.2["strata.input.partition"], "0");
+    // Each dead letter has a notice on the audit topic: the same facts in Avro, without
+    // the bytes.
+    let notices = read_at_least(&f.codec, &brokers, &f.audit, 2).await;
+    let mut noticed: Vec<(String, String)> = notices
+        .iter()
+        .map(|(value, _, _)| {
+            let notice = value
+                .as_ref()
+                .expect("a notice decodes with its registered schema");
+            let field = |name: &str| match record_field(notice, name) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Enum(_, s)) => s.clone(),
+                other => panic!("{name}: {other:?}"),
+            };
+            assert_eq!(field("component"), "counter");
+            assert_eq!(
+                record_field(notice, "value"),
+                Some(&Value::Union(0, Box::new(Value::Null))),
+                "no bytes in a notice"
+            );
+            (field("error_kind"), field("stage"))
+        })
+        .collect();
+    noticed.sort();
+    assert_eq!(
+        noticed,
+        [
+            ("test.poison".to_string(), "PROCESS".to_string()),
+            ("wire.bad_magic".to_string(), "DECODE".to_string())
+        ]
+    );
 
     // Timers due at ts + 1000 fire once the partition's watermark (4500) reaches them:
     // the ticks at 0 … 3500, 8 per partition.
@@ -481,5 +516,125 @@ async fn a_watermark_jump_fires_every_timer_it_passes() {
         .map(|(v, _, _)| string(record_field(v.as_ref().unwrap(), "member")))
         .collect();
     assert_eq!(names.len(), 300, "each passed timer fired once");
+    registry.shutdown().await;
+}
+
+/// A sink that refuses ticks marked poison and keeps the members of the others.
+struct RefusingSink(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Sink for RefusingSink {
+    fn open(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        records: &'a [SinkRecord],
+    ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>> {
+        Box::pin(async move {
+            let mut rejected = Vec::new();
+            for (index, record) in records.iter().enumerate() {
+                let value = record.value.as_ref();
+                if value.and_then(|v| record_field(v, "poison")) == Some(&Value::Boolean(true)) {
+                    rejected.push(Rejected {
+                        index,
+                        code: "test.refused",
+                        message: "the store refuses poison".into(),
+                    });
+                } else if let Some(Value::String(member)) =
+                    value.and_then(|v| record_field(v, "member"))
+                {
+                    self.0.lock().unwrap().push(member.clone());
+                }
+            }
+            Ok(rejected)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_dead_letters_what_it_cannot_decode_or_store_with_a_notice_of_each() {
+    let _serial = one_at_a_time().await;
+    let registry_dir = tempfile::tempdir().unwrap();
+    let registry = start_registry(registry_dir.path()).await;
+    let f = Fixture::new(&registry.url).await;
+    let brokers = kafka_brokers();
+    f.send_raw(0, None, b"not avro either".to_vec()).await;
+    f.send_ticks(0, &[("a", 0, false), ("b", 1, true)]).await;
+
+    let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = CancellationToken::new();
+    let spec = SinkSpec {
+        component: "refusing".into(),
+        group_id: f.group.clone(),
+        inputs: vec![f.input.clone()],
+        dead_letter: f.dead_letter.clone(),
+        audit: f.audit.clone(),
+        max_rows: 100,
+        max_wait: Duration::from_millis(50),
+        window: None,
+    };
+    let task = tokio::spawn(run_sink(
+        spec,
+        f.kafka.clone(),
+        f.codec.clone(),
+        Metrics::new(),
+        Box::new(RefusingSink(written.clone())),
+        stop.clone(),
+    ));
+    let dead = read_at_least(&f.codec, &brokers, &f.dead_letter, 2).await;
+    let notices = read_at_least(&f.codec, &brokers, &f.audit, 2).await;
+    stop.cancel();
+    task.await.unwrap().expect("drains cleanly");
+
+    assert_eq!(
+        *written.lock().unwrap(),
+        ["a"],
+        "the rest of the batch is written"
+    );
+    let mut codes: Vec<_> = dead
+        .iter()
+        .map(|(_, _, h)| {
+            (
+                h["strata.error.code"].clone(),
+                h["strata.component"].clone(),
+            )
+        })
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [
+            ("test.refused".to_string(), "refusing".to_string()),
+            ("wire.bad_magic".to_string(), "refusing".to_string())
+        ]
+    );
+    assert!(
+        dead.iter().any(|(_, raw, _)| raw == b"not avro either"),
+        "bytes kept whole"
+    );
+    let mut noticed: Vec<_> = notices
+        .iter()
+        .map(|(value, _, _)| {
+            let notice = value.as_ref().expect("a notice decodes");
+            match (
+                record_field(notice, "error_kind"),
+                record_field(notice, "stage"),
+            ) {
+                (Some(Value::String(code)), Some(Value::Enum(_, stage))) => {
+                    (code.clone(), stage.clone())
+                }
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    noticed.sort();
+    assert_eq!(
+        noticed,
+        [
+            ("test.refused".to_string(), "STORE".to_string()),
+            ("wire.bad_magic".to_string(), "DECODE".to_string())
+        ]
+    );
     registry.shutdown().await;
 }

@@ -42,6 +42,12 @@ fn region_flows_into_topics() {
         "us-east.tiering.hot"
     );
     assert_eq!(west.dead_letter_topic(), "eu-west.dead-letter");
+    // Conflicts resolved and dead-letter notices share the region's audit topic.
+    assert_eq!(west.audit_topic(), "eu-west.audit");
+    assert_eq!(
+        west.output_topic("conflicts", Some("audit")),
+        "eu-west.audit"
+    );
 }
 
 #[test]

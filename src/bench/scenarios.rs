@@ -690,6 +690,28 @@ fn max_of(samples: &[SoakSample], f: impl Fn(&SoakSample) -> f64) -> f64 {
     samples.iter().map(f).fold(0.0, f64::max)
 }
 
+/// How much `f` grew from the first sample to the last along the least-squares line
+/// through all samples: the trend, which single spikes barely move.
+fn trend_growth(samples: &[SoakSample], f: impl Fn(&SoakSample) -> f64) -> f64 {
+    let n = samples.len() as f64;
+    if samples.len() < 2 {
+        return 0.0;
+    }
+    let mean_t = samples.iter().map(|s| s.seconds).sum::<f64>() / n;
+    let mean_y = samples.iter().map(&f).sum::<f64>() / n;
+    let (mut covariance, mut variance) = (0.0, 0.0);
+    for s in samples {
+        covariance += (s.seconds - mean_t) * (f(s) - mean_y);
+        variance += (s.seconds - mean_t).powi(2);
+    }
+    let span = samples[samples.len() - 1].seconds - samples[0].seconds;
+    if variance == 0.0 {
+        0.0
+    } else {
+        covariance / variance * span
+    }
+}
+
 async fn soak(options: &BenchOptions) -> Result<Outcome, String> {
     let mut outcome = Outcome::new("soak");
     let name = run_name("soak");
@@ -765,6 +787,10 @@ async fn soak(options: &BenchOptions) -> Result<Outcome, String> {
             "retained_wal_last_third_max_mib",
             max_of(last, |s| s.retained_wal_mib),
         ),
+        (
+            "retained_wal_trend_growth_mib",
+            trend_growth(&samples, |s| s.retained_wal_mib),
+        ),
     ];
     for (label, value) in figures {
         outcome.figures.insert(label, value);
@@ -780,9 +806,12 @@ async fn soak(options: &BenchOptions) -> Result<Outcome, String> {
         "no growth in lag: last third ≤ 1.25 × first third + 1000 records",
         !grew(&|s| s.lag, 1000.0),
     );
+    // The slot's restart position moves in steps (PostgreSQL logs the running
+    // transactions every 15 s and at checkpoints), so single samples spike to a few
+    // times the usual level and fall back: bounded means no upward trend.
     outcome.goal(
-        "retained WAL bounded: last third ≤ 1.25 × first third + 16 MiB",
-        !grew(&|s| s.retained_wal_mib, 16.0),
+        "retained WAL bounded: its trend over the run (least squares) grows ≤ 16 MiB",
+        trend_growth(&samples, |s| s.retained_wal_mib) <= 16.0,
     );
     outcome.goal(
         "the target rate sustained (≥ 95 %)",
@@ -855,4 +884,35 @@ async fn raw(options: &BenchOptions) -> Result<Outcome, String> {
         .figures
         .insert("raw_rdkafka_consume_per_s", consumed);
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(wal: impl Fn(usize) -> f64) -> Vec<SoakSample> {
+        (0..60)
+            .map(|i| SoakSample {
+                seconds: i as f64 * 10.0,
+                rss_mib: 0.0,
+                rocksdb_mib: 0.0,
+                lag: 0.0,
+                retained_wal_mib: wal(i),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_trend_ignores_spikes_and_sees_steady_growth() {
+        // Level around 6 MiB with two late spikes to 40: no trend to speak of.
+        let spiky = samples(|i| match i {
+            41 | 42 => 40.0,
+            _ => 4.0 + (i % 3) as f64 * 2.0,
+        });
+        assert!(trend_growth(&spiky, |s| s.retained_wal_mib).abs() < 16.0);
+        // A slot that never advances: +0.5 MiB per sample, 29.5 MiB over the run.
+        let stuck = samples(|i| i as f64 * 0.5);
+        let growth = trend_growth(&stuck, |s| s.retained_wal_mib);
+        assert!((growth - 29.5).abs() < 1e-9, "{growth}");
+    }
 }

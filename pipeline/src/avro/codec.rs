@@ -177,6 +177,22 @@ impl Codec {
         &self.registry
     }
 
+    /// Registers `schema` for records of `topic` and returns its writer. One topic
+    /// carries several record types (a source's tables; conflicts and dead-letter notices
+    /// on the audit topic), so subjects follow TopicRecordNameStrategy:
+    /// `<topic>-<record full name>` (a schema that is not a record: its type, `string`).
+    pub async fn register_on_topic(&self, topic: &str, schema: &str) -> Result<Writer, CodecError> {
+        let parsed = Schema::parse_str(schema).map_err(|e| CodecError::InvalidSchema {
+            subject: topic.into(),
+            detail: e.to_string(),
+        })?;
+        let name = match &parsed {
+            Schema::Record(r) => r.name.fullname(None),
+            other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)).to_lowercase(),
+        };
+        self.register(&format!("{topic}-{name}"), schema).await
+    }
+
     /// Registers `schema` under `subject` (once per process) and returns its writer.
     /// A schema the registry finds incompatible fails with [`CodecError::Incompatible`],
     /// unless the topology allows it: then the subject's compatibility is set to NONE

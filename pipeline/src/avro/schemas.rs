@@ -12,6 +12,8 @@ pub const CLAIM_ANALYSIS: &str = include_str!("../../../schemas/claim_analysis.a
 pub const TIER_MOVE: &str = include_str!("../../../schemas/tier_move.avsc");
 pub const CONFLICT_AUDIT: &str = include_str!("../../../schemas/conflict_audit.avsc");
 pub const DEAD_LETTER: &str = include_str!("../../../schemas/dead_letter.avsc");
+/// The key schema of records keyed by plain text (the audit topic's).
+pub const STRING_KEY: &str = r#""string""#;
 
 /// Every fixed schema, by file name.
 pub const ALL: [(&str, &str); 5] = [

@@ -4,6 +4,7 @@
 //! Processors run on [`stream::run_processor`]; their contract is in [`processor`].
 
 mod changelog;
+mod dead_letter;
 pub mod harness;
 pub mod processor;
 pub mod sink;
@@ -168,6 +169,7 @@ pub fn processor_spec(
         outputs,
         changelog: format!("{}.{}.changelog", topology.scope(), component.name),
         dead_letter: topology.dead_letter_topic(),
+        audit: topology.audit_topic(),
         state_dir: topology.state.dir.join(&component.name),
         partitions: topology.topics.partitions,
         changelog_replication_factor: topology.state.changelog_replication_factor,
@@ -191,6 +193,7 @@ pub fn sink_spec(
         group_id: group_id(topology, component),
         inputs: input_topics(topology, component, starter),
         dead_letter: topology.dead_letter_topic(),
+        audit: topology.audit_topic(),
         max_rows,
         max_wait,
         window: topology.replay.as_ref().map(|r| r.window.clone()),
@@ -225,7 +228,8 @@ pub fn input_topics(
     inputs
 }
 
-/// The topics a topology writes besides its sources' own: processor outputs and dead letters.
+/// The topics a topology writes besides its sources' own: processor outputs, dead letters
+/// and the audit topic.
 pub fn output_topics(topology: &Topology) -> Vec<TopicSpec> {
     let spec = |name: String| TopicSpec {
         name,
@@ -233,7 +237,10 @@ pub fn output_topics(topology: &Topology) -> Vec<TopicSpec> {
         replication_factor: topology.topics.replication_factor,
         compacted: false,
     };
-    let mut topics = vec![spec(topology.dead_letter_topic())];
+    let mut topics = vec![
+        spec(topology.dead_letter_topic()),
+        spec(topology.audit_topic()),
+    ];
     for c in topology
         .components
         .iter()
@@ -244,6 +251,8 @@ pub fn output_topics(topology: &Topology) -> Vec<TopicSpec> {
             topics.push(spec(topology.output_topic(&c.name, Some(port))));
         }
     }
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    topics.dedup_by(|a, b| a.name == b.name);
     topics
 }
 

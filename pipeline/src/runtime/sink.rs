@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 use apache_avro::types::Value;
 use futures::future::BoxFuture;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use super::dead_letter::{Letter, Stage};
 use super::RuntimeError;
 use crate::avro::Codec;
 use crate::kafka;
@@ -83,6 +84,8 @@ pub struct SinkSpec {
     pub group_id: String,
     pub inputs: Vec<String>,
     pub dead_letter: String,
+    /// The region's audit topic: a notice of each dead letter.
+    pub audit: String,
     pub max_rows: usize,
     pub max_wait: Duration,
     /// A replay's slice of its external inputs; `None` writes every record.
@@ -244,7 +247,9 @@ impl BatchIo<'_> {
                     value: value.map(|(_, v)| v),
                 }),
                 (Err(e), _) | (_, Err(e)) if e.is_transient() => return Err(e.into()),
-                (Err(e), _) | (_, Err(e)) => undecodable.push((m, e.code(), e.to_string())),
+                (Err(e), _) | (_, Err(e)) => {
+                    undecodable.push((m, Stage::Decode, e.code(), e.to_string()))
+                }
             }
         }
         let started = Instant::now();
@@ -271,52 +276,40 @@ impl BatchIo<'_> {
         for r in &rejected {
             let rec = &records[r.index];
             if let Some(m) = by_offset.get(&(rec.topic.as_str(), rec.partition, rec.offset)) {
-                letters.push((*m, r.code, r.message.clone()));
+                letters.push((*m, Stage::Store, r.code, r.message.clone()));
             }
         }
         letters.extend(undecodable);
-        for (m, code, message) in letters {
-            tracing::warn!(component = %spec.component, topic = m.topic(), partition = m.partition(), offset = m.offset(), code, error = %message, "dead-lettered");
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "strata.component",
-                    value: Some(&spec.component),
-                })
-                .insert(Header {
-                    key: "strata.error.code",
-                    value: Some(code),
-                })
-                .insert(Header {
-                    key: "strata.error",
-                    value: Some(&message),
-                })
-                .insert(Header {
-                    key: "strata.input.topic",
-                    value: Some(m.topic()),
-                })
-                .insert(Header {
-                    key: "strata.input.partition",
-                    value: Some(&m.partition().to_string()),
-                })
-                .insert(Header {
-                    key: "strata.input.offset",
-                    value: Some(&m.offset().to_string()),
-                });
+        for (m, stage, code, error) in letters {
+            tracing::warn!(component = %spec.component, topic = m.topic(), partition = m.partition(), offset = m.offset(), code, %error, "dead-lettered");
+            let letter = Letter {
+                component: &spec.component,
+                stage,
+                code,
+                error: &error,
+                message: m,
+            };
+            let (notice_key, notice) = letter.notice(self.codec, &spec.audit).await?;
             let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&spec.dead_letter).headers(headers);
+                FutureRecord::to(&spec.dead_letter).headers(letter.headers());
             if let Some(k) = m.key() {
                 record = record.key(k);
             }
             if let Some(v) = m.payload() {
                 record = record.payload(v);
             }
-            self.producer
-                .send(record, Duration::from_secs(60))
-                .await
-                .map_err(|(source, _)| RuntimeError::KafkaIo {
-                    what: format!("writing to {}", spec.dead_letter),
-                    source,
-                })?;
+            let notice = FutureRecord::to(&spec.audit)
+                .key(notice_key.as_slice())
+                .payload(notice.as_slice());
+            for (topic, record) in [(&spec.dead_letter, record), (&spec.audit, notice)] {
+                self.producer
+                    .send(record, Duration::from_secs(60))
+                    .await
+                    .map_err(|(source, _)| RuntimeError::KafkaIo {
+                        what: format!("writing to {topic}"),
+                        source,
+                    })?;
+            }
             self.counters.dead.inc();
         }
 

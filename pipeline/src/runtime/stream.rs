@@ -33,11 +33,12 @@ use futures::future::try_join_all;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::changelog::{self, checkpoint_key, record_key};
+use super::dead_letter::{Letter, Stage};
 use super::processor::{
     parse_timer_key, partition_key, timer_key, Context, Event, Output, OutputSchema, Overlay,
     ProcessError, Processor, LOCAL, POSITIONS, PROGRESS, TIMERS,
@@ -60,6 +61,8 @@ pub struct ProcessorSpec {
     pub outputs: HashMap<Option<String>, String>,
     pub changelog: String,
     pub dead_letter: String,
+    /// The region's audit topic: a notice of each dead letter.
+    pub audit: String,
     pub state_dir: PathBuf,
     pub partitions: i32,
     pub changelog_replication_factor: i16,
@@ -165,6 +168,7 @@ impl Pending {
 
 struct DeadLetter {
     message: OwnedMessage,
+    stage: Stage,
     code: String,
     error: String,
 }
@@ -462,6 +466,7 @@ impl Loop {
                 Ok(kv) => kv,
                 Err(e) => {
                     pending.dead_letters.push(DeadLetter {
+                        stage: Stage::Decode,
                         code: e.code().into(),
                         error: e.to_string(),
                         message,
@@ -489,6 +494,7 @@ impl Loop {
                 Err(ProcessError::Rejected(r)) => {
                     drop(ctx);
                     pending.dead_letters.push(DeadLetter {
+                        stage: Stage::Process,
                         code: r.code.into(),
                         error: r.message,
                         message,
@@ -577,22 +583,7 @@ impl Loop {
                 .await
                 .map_err(CodecError::from)?,
         };
-        let parsed =
-            apache_avro::Schema::parse_str(&text).map_err(|e| CodecError::InvalidSchema {
-                subject: topic.into(),
-                detail: e.to_string(),
-            })?;
-        // One topic carries several record types (one per captured table), so subjects
-        // follow TopicRecordNameStrategy: `<topic>-<record full name>`.
-        let name = match &parsed {
-            apache_avro::Schema::Record(r) => r.name.fullname(None),
-            other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)).to_lowercase(),
-        };
-        let writer = self
-            .env
-            .codec
-            .register(&format!("{topic}-{name}"), &text)
-            .await?;
+        let writer = self.env.codec.register_on_topic(topic, &text).await?;
         self.writers.insert(cache_key, writer.clone());
         Ok(writer)
     }
@@ -644,37 +635,28 @@ impl Loop {
             .with_label_values(&[&self.spec.component]);
         for dl in dead_letters {
             tracing::warn!(component = %self.spec.component, topic = dl.message.topic(), partition = dl.message.partition(), offset = dl.message.offset(), code = %dl.code, error = %dl.error, "dead-lettered");
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "strata.component",
-                    value: Some(&self.spec.component),
-                })
-                .insert(Header {
-                    key: "strata.error.code",
-                    value: Some(&dl.code),
-                })
-                .insert(Header {
-                    key: "strata.error",
-                    value: Some(&dl.error),
-                })
-                .insert(Header {
-                    key: "strata.input.topic",
-                    value: Some(dl.message.topic()),
-                })
-                .insert(Header {
-                    key: "strata.input.partition",
-                    value: Some(&dl.message.partition().to_string()),
-                })
-                .insert(Header {
-                    key: "strata.input.offset",
-                    value: Some(&dl.message.offset().to_string()),
-                });
+            let letter = Letter {
+                component: &self.spec.component,
+                stage: dl.stage,
+                code: &dl.code,
+                error: &dl.error,
+                message: &dl.message,
+            };
+            let (notice_key, notice) = letter.notice(&self.env.codec, &self.spec.audit).await?;
+            let headers = letter.headers();
             sends.push(self.send(
                 self.spec.dead_letter.clone(),
                 -1,
                 dl.message.key().map(<[u8]>::to_vec),
                 dl.message.payload().map(<[u8]>::to_vec),
                 Some(headers),
+            ));
+            sends.push(self.send(
+                self.spec.audit.clone(),
+                -1,
+                Some(notice_key),
+                Some(notice),
+                None,
             ));
             dl_counter.inc();
         }

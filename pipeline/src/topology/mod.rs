@@ -19,7 +19,7 @@ pub use catalog::{parse_settings, Catalog, ComponentKind, Ports, Role, SettingsE
 pub use diagnostics::{Diagnostic, DiagnosticKind, Diagnostics, Location};
 pub use model::{
     Component, Input, KafkaSettings, ObservabilitySettings, RegistrySettings, ReplayScope,
-    ShutdownSettings, StateSettings, TopicSettings, Topology, DEFAULT_BATCH_WAIT_MS,
+    ShutdownSettings, StateSettings, TopicSettings, Topology, AUDIT_PORT, DEFAULT_BATCH_WAIT_MS,
     FORMAT_VERSION,
 };
 

@@ -63,6 +63,16 @@ impl Topology {
         }
     }
 
+    /// The audit topic of this region: every conflict resolved (the `audit` port of the
+    /// conflict processors) and a notice of every dead letter, in one place. A replay
+    /// always has its own.
+    pub fn audit_topic(&self) -> String {
+        match (&self.topics.audit, &self.replay) {
+            (Some(topic), None) => topic.clone(),
+            _ => format!("{}.audit", self.scope()),
+        }
+    }
+
     /// Whether this run starts `component` (a replay skips its sources and the stages
     /// before the one it starts at).
     pub fn runs(&self, component: &str) -> bool {
@@ -72,18 +82,26 @@ impl Topology {
     }
 
     /// The topic a component's output (default or named port) is written to; for a
-    /// component this run skips, the live deployment's topic.
+    /// component this run skips, the live deployment's topic. A port named `audit`
+    /// writes to the region's [audit topic](Self::audit_topic).
     pub fn output_topic(&self, component: &str, port: Option<&str>) -> String {
         let scope = match self.runs(component) {
             true => self.scope(),
             false => self.region.clone(),
         };
         match port {
+            Some(AUDIT_PORT) if self.runs(component) => self.audit_topic(),
+            Some(AUDIT_PORT) => {
+                (self.topics.audit.clone()).unwrap_or_else(|| format!("{}.audit", self.region))
+            }
             Some(port) => format!("{scope}.{component}.{port}"),
             None => format!("{scope}.{component}"),
         }
     }
 }
+
+/// The output port whose records go to the region's audit topic.
+pub const AUDIT_PORT: &str = "audit";
 
 #[derive(Debug, Clone)]
 pub struct Component {
@@ -239,6 +257,9 @@ pub struct TopicSettings {
     /// Dead-letter topic; defaults to `<region>.dead-letter`.
     #[serde(default)]
     pub dead_letter: Option<String>,
+    /// Audit topic (conflicts resolved, dead letters); defaults to `<region>.audit`.
+    #[serde(default)]
+    pub audit: Option<String>,
 }
 
 fn default_partitions() -> i32 {

@@ -598,6 +598,9 @@ fn check_topic_names(topology: &Topology, errors: &mut Vec<Diagnostic>) {
     if let Err(why) = valid_topic(&topology.dead_letter_topic()) {
         errors.push(Diagnostic::new(K::InvalidTopic, "topics.dead_letter", why));
     }
+    if let Err(why) = valid_topic(&topology.audit_topic()) {
+        errors.push(Diagnostic::new(K::InvalidTopic, "topics.audit", why));
+    }
     for c in topology
         .components
         .iter()

@@ -8,14 +8,13 @@ use apache_avro::types::Value;
 
 use super::config::ConflictConfig;
 use super::merge::{Merged, Rules, Stamp};
-use crate::avro::schemas::CONFLICT_AUDIT;
+use crate::avro::schemas::{CONFLICT_AUDIT, STRING_KEY};
 use crate::processors::change::{
     column, decode_state, describe, encode_state, rewrite, to_cells, Cell, Change,
 };
 use crate::runtime::{Context, Event, Output, OutputSchema, ProcessError, Processor};
 
 const ROWS: &str = "rows";
-const STRING_KEY: &str = r#""string""#;
 
 pub struct ConflictResolution {
     config: ConflictConfig,
