@@ -3,8 +3,6 @@
 //! tuple data of pgoutput and the rows of the snapshot's COPY: refused with an error,
 //! or an Avro value that fits the schema the source registers for the column.
 #![no_main]
-use apache_avro::types::Value;
-use apache_avro::Schema;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use strata_fuzz::avro::types::{Column, ColumnType};
@@ -67,15 +65,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(value) = column_value(&column, text) else {
         return;
     };
-    let schema = serde_json::json!({
-        "type": "record",
-        "name": "row",
-        "fields": [column.avro_field()],
-    });
-    let schema = Schema::parse(&schema).expect("the column's schema parses");
-    let row = Value::Record(vec![("c".into(), value)]);
-    assert!(
-        row.validate(&schema),
-        "{name} {text:?} gave {row:?}, which does not fit {schema:?}"
-    );
+    strata_fuzz::assert_fits_column(&column, value, &(&name, text));
 });

@@ -5,8 +5,6 @@
 #![no_main]
 use std::borrow::Cow;
 
-use apache_avro::types::Value;
-use apache_avro::Schema;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use strata_fuzz::avro::types::{Column, ColumnType};
@@ -156,15 +154,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(value) = column_value(&column, &cell) else {
         return;
     };
-    let schema = serde_json::json!({
-        "type": "record",
-        "name": "row",
-        "fields": [column.avro_field()],
-    });
-    let schema = Schema::parse(&schema).expect("the column's schema parses");
-    let row = Value::Record(vec![("c".into(), value)]);
-    assert!(
-        row.validate(&schema),
-        "{name} {cell:?} gave {row:?}, which does not fit {schema:?}"
-    );
+    strata_fuzz::assert_fits_column(&column, value, &(&name, &cell));
 });

@@ -48,3 +48,23 @@ pub mod postgres {
 pub mod sqlserver {
     pub use super::sqlserver_values as values;
 }
+
+/// Asserts that `value`, mapped for `column` from `input`, fits the schema the sources
+/// register for that column.
+pub fn assert_fits_column(
+    column: &avro_types::Column,
+    value: apache_avro::types::Value,
+    input: &dyn std::fmt::Debug,
+) {
+    let schema = serde_json::json!({
+        "type": "record",
+        "name": "row",
+        "fields": [column.avro_field()],
+    });
+    let schema = apache_avro::Schema::parse(&schema).expect("the column's schema parses");
+    let row = apache_avro::types::Value::Record(vec![(column.name.clone(), value)]);
+    assert!(
+        row.validate(&schema),
+        "{input:?} gave {row:?}, which does not fit {schema:?}"
+    );
+}
