@@ -367,27 +367,7 @@ async fn state_survives_restarts_and_moves_through_the_changelog() {
     // Each dead letter has a notice on the audit topic: the same facts in Avro, without
     // the bytes.
     let notices = read_at_least(&f.codec, &brokers, &f.audit, 2).await;
-    let mut noticed: Vec<(String, String)> = notices
-        .iter()
-        .map(|(value, _, _)| {
-            let notice = value
-                .as_ref()
-                .expect("a notice decodes with its registered schema");
-            let field = |name: &str| match record_field(notice, name) {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Enum(_, s)) => s.clone(),
-                other => panic!("{name}: {other:?}"),
-            };
-            assert_eq!(field("component"), "counter");
-            assert_eq!(
-                record_field(notice, "value"),
-                Some(&Value::Union(0, Box::new(Value::Null))),
-                "no bytes in a notice"
-            );
-            (field("error_kind"), field("stage"))
-        })
-        .collect();
-    noticed.sort();
+    let noticed = notice_facts(&notices, "counter");
     assert_eq!(
         noticed,
         [
@@ -519,6 +499,33 @@ async fn a_watermark_jump_fires_every_timer_it_passes() {
     registry.shutdown().await;
 }
 
+/// The (error code, stage) of each dead-letter notice read from the audit topic, sorted;
+/// each must decode, name `component` and carry none of the input's bytes.
+fn notice_facts(notices: &[Read], component: &str) -> Vec<(String, String)> {
+    let mut facts: Vec<(String, String)> = notices
+        .iter()
+        .map(|(value, _, _)| {
+            let notice = value
+                .as_ref()
+                .expect("a notice decodes with its registered schema");
+            let field = |name: &str| match record_field(notice, name) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Enum(_, s)) => s.clone(),
+                other => panic!("{name}: {other:?}"),
+            };
+            assert_eq!(field("component"), component);
+            assert_eq!(
+                record_field(notice, "value"),
+                Some(&Value::Union(0, Box::new(Value::Null))),
+                "no bytes in a notice"
+            );
+            (field("error_kind"), field("stage"))
+        })
+        .collect();
+    facts.sort();
+    facts
+}
+
 /// A sink that refuses ticks marked poison and keeps the members of the others.
 struct RefusingSink(Arc<std::sync::Mutex<Vec<String>>>);
 
@@ -613,22 +620,7 @@ async fn a_sink_dead_letters_what_it_cannot_decode_or_store_with_a_notice_of_eac
         dead.iter().any(|(_, raw, _)| raw == b"not avro either"),
         "bytes kept whole"
     );
-    let mut noticed: Vec<_> = notices
-        .iter()
-        .map(|(value, _, _)| {
-            let notice = value.as_ref().expect("a notice decodes");
-            match (
-                record_field(notice, "error_kind"),
-                record_field(notice, "stage"),
-            ) {
-                (Some(Value::String(code)), Some(Value::Enum(_, stage))) => {
-                    (code.clone(), stage.clone())
-                }
-                other => panic!("{other:?}"),
-            }
-        })
-        .collect();
-    noticed.sort();
+    let noticed = notice_facts(&notices, "refusing");
     assert_eq!(
         noticed,
         [
