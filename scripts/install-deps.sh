@@ -4,8 +4,9 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
+# libcurl4-openssl-dev: librdkafka 2.12's sources include curl.h even when built without curl.
 packages=(build-essential pkg-config cmake clang libclang-dev libssl-dev libsasl2-dev
-  zlib1g-dev libzstd-dev curl ca-certificates openssl postgresql-15 postgresql-client-15 procps
+  zlib1g-dev libzstd-dev libcurl4-openssl-dev curl ca-certificates openssl postgresql-15 postgresql-client-15 procps
   python3 python3-venv docker-compose)
 missing=()
 for p in "${packages[@]}"; do
