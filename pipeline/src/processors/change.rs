@@ -273,27 +273,6 @@ pub fn from_cells(cells: &[(String, Cell)]) -> Row {
         .collect()
 }
 
-/// First byte of a state record in the binary format: postcard after it. JSON, the format
-/// before it, never starts with this byte, so records written before still read.
-const BINARY_STATE: u8 = 0x01;
-
-/// Serialises a state record: [`BINARY_STATE`], then postcard (compact, and cheaper than
-/// JSON, which processors paid on every event: claim analysis ran 17% faster).
-///
-/// Postcard is positional: a field added to a state struct later cannot be read from
-/// records without it. Evolve a struct by a new tag byte (and reading the old one).
-pub fn encode_state<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_extend(value, vec![BINARY_STATE]).unwrap_or_default()
-}
-
-/// Reads a record [`encode_state`] wrote, or one in the JSON of earlier versions.
-pub fn decode_state<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
-    match bytes.split_first() {
-        Some((&BINARY_STATE, rest)) => postcard::from_bytes(rest).ok(),
-        _ => serde_json::from_slice(bytes).ok(),
-    }
-}
-
 /// The number a numeric column holds (decimals scaled by `scale`), for amounts.
 pub fn number(v: &Value, scale: u32) -> Option<f64> {
     match v {
@@ -323,29 +302,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn state_records_round_trip_and_json_ones_from_before_still_read() {
-        let cells = vec![
-            ("id".to_string(), Cell::Long(7)),
-            (
-                "note".to_string(),
-                Cell::Union(1, Box::new(Cell::String("x".into()))),
-            ),
-        ];
-        let bytes = encode_state(&cells);
-        assert_eq!(bytes[0], BINARY_STATE);
-        assert_eq!(
-            decode_state::<Vec<(String, Cell)>>(&bytes),
-            Some(cells.clone())
-        );
-        let json = serde_json::to_vec(&cells).unwrap();
-        assert_eq!(decode_state::<Vec<(String, Cell)>>(&json), Some(cells));
-        assert_eq!(
-            decode_state::<Vec<(String, Cell)>>(&[BINARY_STATE, 0xff]),
-            None
-        );
-    }
-
-    #[test]
     fn cells_round_trip_row_values() {
         let row: Row = vec![
             ("id".into(), Value::Long(7)),
@@ -364,7 +320,8 @@ mod tests {
             ("n".into(), Value::Union(0, Box::new(Value::Null))),
         ];
         let cells = to_cells(&row);
-        let back: Vec<(String, Cell)> = decode_state(&encode_state(&cells)).unwrap();
+        let bytes = crate::state::encode_state(&cells);
+        let back: Vec<(String, Cell)> = crate::state::decode_state("rows", b"k", &bytes).unwrap();
         assert_eq!(from_cells(&back), row);
     }
 

@@ -20,8 +20,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use apache_avro::types::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-use crate::state::{Entry, StateError, StateStore};
+use crate::state::{decode_state, encode_state, Entry, StateError, StateStore};
 
 /// One decoded input record.
 #[derive(Debug, Clone, Copy)]
@@ -230,6 +232,22 @@ impl<'a> Context<'a> {
         self.store.get(store, &full.1)
     }
 
+    /// The record of `key` in `store`, as [`Context::put_state`] wrote it. A record that
+    /// does not read is an error (the run stops), never `None`.
+    pub fn get_state<T: DeserializeOwned>(
+        &self,
+        store: &str,
+        key: &[u8],
+    ) -> Result<Option<T>, StateError> {
+        self.get(store, key)?
+            .map(|bytes| decode_state(store, key, &bytes))
+            .transpose()
+    }
+
+    pub fn put_state<T: Serialize>(&mut self, store: &str, key: &[u8], value: &T) {
+        self.put(store, key, encode_state(value));
+    }
+
     pub fn put(&mut self, store: &str, key: &[u8], value: Vec<u8>) {
         self.scratch.insert(
             (store.to_string(), partition_key(self.partition, key)),
@@ -267,6 +285,21 @@ impl<'a> Context<'a> {
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k[4..].to_vec(), v)))
             .collect())
+    }
+
+    /// [`Context::scan_prefix`] of records [`Context::put_state`] wrote, decoded.
+    pub fn scan_state<T: DeserializeOwned>(
+        &self,
+        store: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>, StateError> {
+        self.scan_prefix(store, prefix)?
+            .into_iter()
+            .map(|(key, bytes)| {
+                let value = decode_state(store, &key, &bytes)?;
+                Ok((key, value))
+            })
+            .collect()
     }
 
     /// The position guard: true (and `position` recorded for `key`) when `position` is
@@ -349,6 +382,31 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, vec![b"k1".to_vec(), b"k3".to_vec()]);
+    }
+
+    #[test]
+    fn a_state_record_that_does_not_read_is_an_error_not_empty_state() {
+        let store = MemoryStore::new(&["s"]);
+        let mut stored = Batch::default();
+        stored.put("s", partition_key(0, b"bad"), vec![0x01, 0xff, 0xff]);
+        store.write(stored).unwrap();
+        let batch = Overlay::new();
+        let mut ctx = Context::new(0, &store, &batch, 0);
+        ctx.put_state("s", b"good", &vec![1i64, 2]);
+        assert_eq!(
+            ctx.get_state::<Vec<i64>>("s", b"good").unwrap(),
+            Some(vec![1, 2])
+        );
+        assert_eq!(ctx.get_state::<Vec<i64>>("s", b"none").unwrap(), None);
+        for err in [
+            ctx.get_state::<Vec<i64>>("s", b"bad").unwrap_err(),
+            ctx.scan_state::<Vec<i64>>("s", b"").unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, StateError::Unreadable { store, key, .. } if store == "s" && key == "626164"),
+                "{err:?}"
+            );
+        }
     }
 
     #[test]

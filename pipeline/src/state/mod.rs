@@ -10,9 +10,11 @@
 //! - Calls block (RocksDB does disk I/O): async code calls them from a blocking thread.
 
 mod memory;
+mod record;
 mod rocks;
 
 pub use memory::MemoryStore;
+pub use record::{decode_state, encode_state};
 pub use rocks::{RocksStore, StateMemory};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,16 @@ pub enum StateError {
     UnknownStore(String),
     #[error("state store I/O failed: {0}")]
     Io(#[source] rocksdb::Error),
+    #[error(
+        "state record {key} of store `{store}` cannot be read ({reason}); it was written in \
+         a format this version of strata does not read: rebuild the state with `strata replay`"
+    )]
+    Unreadable {
+        store: String,
+        /// The key, hex.
+        key: String,
+        reason: String,
+    },
 }
 
 /// A key and its value, as scans return them.

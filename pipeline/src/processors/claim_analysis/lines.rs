@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 
 use super::config::ClaimAnalysisConfig;
 use super::rules::{self, reason, AmountStats, EmCounts, Reason};
-use crate::processors::change::{decode_state, encode_state};
 use crate::runtime::{Context, ProcessError};
 
 pub(super) const PROCEDURE_AMOUNTS: &str = "procedure_amounts";
@@ -72,10 +71,7 @@ pub(super) fn judge(
     ctx: &mut Context<'_>,
 ) -> Result<(), ProcessError> {
     let key = line.procedure.as_bytes();
-    let mut stats: AmountStats = ctx
-        .get(PROCEDURE_AMOUNTS, key)?
-        .and_then(|b| decode_state(&b))
-        .unwrap_or_default();
+    let mut stats: AmountStats = ctx.get_state(PROCEDURE_AMOUNTS, key)?.unwrap_or_default();
     if let Some(z) = stats.z(line.charge) {
         if z > config.procedure_outlier_z
             && !reasons.iter().any(|r| r.code == "PROCEDURE_AMOUNT_OUTLIER")
@@ -90,23 +86,20 @@ pub(super) fn judge(
         }
     }
     stats.add(line.charge);
-    ctx.put(PROCEDURE_AMOUNTS, key, encode_state(&stats));
+    ctx.put_state(PROCEDURE_AMOUNTS, key, &stats);
 
     let Some(level) = rules::EM_LEVELS.iter().position(|c| *c == line.procedure) else {
         return Ok(());
     };
     let provider_key = provider.to_be_bytes();
     let read = |ctx: &Context<'_>, key: &[u8]| -> Result<EmCounts, ProcessError> {
-        Ok(ctx
-            .get(EM_MIX, key)?
-            .and_then(|b| decode_state(&b))
-            .unwrap_or_default())
+        Ok(ctx.get_state(EM_MIX, key)?.unwrap_or_default())
     };
     let (mut own, mut peers) = (read(ctx, &provider_key)?, read(ctx, PEERS)?);
     own.add(level);
     peers.add(level);
-    ctx.put(EM_MIX, &provider_key, encode_state(&own));
-    ctx.put(EM_MIX, PEERS, encode_state(&peers));
+    ctx.put_state(EM_MIX, &provider_key, &own);
+    ctx.put_state(EM_MIX, PEERS, &peers);
     let drift = own.high_share() - peers.high_share();
     if level == rules::EM_LEVELS.len() - 1
         && own.total() >= rules::MIN_EM_LINES

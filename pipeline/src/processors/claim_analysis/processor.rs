@@ -19,7 +19,7 @@ use super::config::ClaimAnalysisConfig;
 use super::lines::{self, Line, EM_MIX, PROCEDURE_AMOUNTS};
 use super::rules::{self, reason, AmountStats, Reason};
 use crate::avro::schemas::CLAIM_ANALYSIS;
-use crate::processors::change::{column, decode_state, encode_state, number, Cell, Change, Row};
+use crate::processors::change::{column, number, Cell, Change, Row};
 use crate::runtime::{
     Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection, Timer,
 };
@@ -45,6 +45,44 @@ fn member_day_key(member: i64, day: i32) -> [u8; 12] {
     key[..8].copy_from_slice(&member.to_be_bytes());
     key[8..].copy_from_slice(&((day as u32) ^ (1 << 31)).to_be_bytes());
     key
+}
+
+/// `EXACT` key: what two claims share when one is an exact duplicate of the other.
+/// Fixed-width numbers first, then the claim type and each diagnosis after a 0 byte
+/// (text columns cannot hold one).
+fn exact_key(claim: &Claim) -> Vec<u8> {
+    let mut key = Vec::with_capacity(40 + claim.claim_type.len() + 8 * claim.diagnoses.len());
+    key.extend_from_slice(&claim.member.to_be_bytes());
+    key.extend_from_slice(&claim.provider.to_be_bytes());
+    key.extend_from_slice(&claim.from.to_be_bytes());
+    key.extend_from_slice(&claim.to.to_be_bytes());
+    key.extend_from_slice(&cents(claim.billed).to_be_bytes());
+    key.extend_from_slice(claim.claim_type.as_bytes());
+    for diagnosis in &claim.diagnoses {
+        key.push(0);
+        key.extend_from_slice(diagnosis.as_bytes());
+    }
+    key
+}
+
+/// `RECENT` key: the member, then the provider.
+fn recent_key(member: i64, provider: i64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&member.to_be_bytes());
+    key[8..].copy_from_slice(&provider.to_be_bytes());
+    key
+}
+
+/// `AMOUNTS` key: the provider, then the claim type.
+fn amounts_key(provider: i64, claim_type: &str) -> Vec<u8> {
+    let mut key = provider.to_be_bytes().to_vec();
+    key.extend_from_slice(claim_type.as_bytes());
+    key
+}
+
+/// An amount in cents, as amounts compare for exact duplicates.
+fn cents(amount: f64) -> i64 {
+    (amount * 100.0).round() as i64
 }
 
 /// Amount columns are numeric(12,2) in both sources.
@@ -271,21 +309,18 @@ impl ClaimAnalysis {
             .into());
         };
         let key = member.to_be_bytes();
-        let mut policies: Vec<Policy> = ctx
-            .get(POLICIES, &key)?
-            .and_then(|b| decode_state(&b))
-            .unwrap_or_default();
+        let mut policies: Vec<Policy> = ctx.get_state(POLICIES, &key)?.unwrap_or_default();
         policies.retain(|p| p.policy_id != policy_id);
         policies.push(Policy {
             policy_id,
             start,
             end: date(row, "coverage_end"),
         });
-        ctx.put(POLICIES, &key, encode_state(&policies));
+        ctx.put_state(POLICIES, &key, &policies);
         // Claims that waited for this member's coverage can be analysed now.
-        if let Some(waiting) = ctx.get(WAITING, &key)? {
+        if let Some(waiting) = ctx.get_state::<Vec<Claim>>(WAITING, &key)? {
             ctx.delete(WAITING, &key);
-            for claim in decode_state::<Vec<Claim>>(&waiting).unwrap_or_default() {
+            for claim in waiting {
                 self.analyse(claim, &policies, ctx)?;
             }
         }
@@ -353,66 +388,40 @@ impl ClaimAnalysis {
         }
 
         // Exact duplicates: same member, provider, dates, diagnoses and amount.
-        let exact_key = format!(
-            "{}|{}|{}|{}|{}|{:.2}|{}",
-            claim.member,
-            claim.provider,
-            claim.from,
-            claim.to,
-            claim.claim_type,
-            claim.billed,
-            claim.diagnoses.join(",")
-        );
+        let exact = exact_key(&claim);
         // Of two exact duplicates the one committed later is flagged, whichever reached
         // this stage first (claims of one member come from several partitions upstream).
-        let stored = match ctx.get(EXACT, exact_key.as_bytes())? {
+        let stored = match ctx.get(EXACT, &exact)? {
             Some(bytes) if bytes != claim.claim_id.to_be_bytes() => {
                 let id = i64::from_be_bytes(bytes.try_into().unwrap_or_default());
-                let original = ctx
-                    .get(CLAIMS, &id.to_be_bytes())?
-                    .and_then(|b| decode_state::<Claim>(&b));
+                let original = ctx.get_state::<Claim>(CLAIMS, &id.to_be_bytes())?;
                 Some((id, original))
             }
             _ => None,
         };
         match stored {
             Some((_, Some(mut original))) if original.position > claim.position => {
-                ctx.put(
-                    EXACT,
-                    exact_key.as_bytes(),
-                    claim.claim_id.to_be_bytes().to_vec(),
-                );
+                ctx.put(EXACT, &exact, claim.claim_id.to_be_bytes().to_vec());
                 if !original.reasons.iter().any(|r| r.code == "DUPLICATE_EXACT") {
                     original.reasons.push(reason(
                         "DUPLICATE_EXACT",
                         format!("same as claim {}", claim.claim_id),
                     ));
                     original.revision += 1;
-                    ctx.put(
-                        CLAIMS,
-                        &original.claim_id.to_be_bytes(),
-                        encode_state(&original),
-                    );
+                    ctx.put_state(CLAIMS, &original.claim_id.to_be_bytes(), &original);
                     self.emit(ctx, &original, original.analysis_id());
                 }
             }
             Some((first, _)) => {
                 reasons.push(reason("DUPLICATE_EXACT", format!("same as claim {first}")));
             }
-            None => ctx.put(
-                EXACT,
-                exact_key.as_bytes(),
-                claim.claim_id.to_be_bytes().to_vec(),
-            ),
+            None => ctx.put(EXACT, &exact, claim.claim_id.to_be_bytes().to_vec()),
         }
 
         // Near duplicates: same member, provider and diagnoses within the window, amount within 6%.
         let window = self.days(&self.config.duplicate_window);
-        let recent_key = format!("{}|{}", claim.member, claim.provider).into_bytes();
-        let mut recent: Vec<Recent> = ctx
-            .get(RECENT, &recent_key)?
-            .and_then(|b| decode_state(&b))
-            .unwrap_or_default();
+        let member_provider = recent_key(claim.member, claim.provider);
+        let mut recent: Vec<Recent> = ctx.get_state(RECENT, &member_provider)?.unwrap_or_default();
         if !reasons.iter().any(|r| r.code == "DUPLICATE_EXACT") {
             if let Some(r) = recent.iter().find(|r| {
                 r.claim_id != claim.claim_id
@@ -438,14 +447,11 @@ impl ClaimAnalysis {
             billed: claim.billed,
             diagnoses: claim.diagnoses.clone(),
         });
-        ctx.put(RECENT, &recent_key, encode_state(&recent));
+        ctx.put_state(RECENT, &member_provider, &recent);
 
         // Amount outliers against the provider's history for this kind of claim.
-        let stats_key = format!("{}|{}", claim.provider, claim.claim_type).into_bytes();
-        let mut stats: AmountStats = ctx
-            .get(AMOUNTS, &stats_key)?
-            .and_then(|b| decode_state(&b))
-            .unwrap_or_default();
+        let stats_key = amounts_key(claim.provider, &claim.claim_type);
+        let mut stats: AmountStats = ctx.get_state(AMOUNTS, &stats_key)?.unwrap_or_default();
         if let Some(z) = stats.z(claim.billed) {
             if z > self.config.outlier_z {
                 reasons.push(reason(
@@ -458,7 +464,7 @@ impl ClaimAnalysis {
             }
         }
         stats.add(claim.billed);
-        ctx.put(AMOUNTS, &stats_key, encode_state(&stats));
+        ctx.put_state(AMOUNTS, &stats_key, &stats);
 
         // Lines that arrived while the claim waited for its member's coverage.
         for line in &claim.lines {
@@ -469,8 +475,7 @@ impl ClaimAnalysis {
         let velocity_days = self.days(&self.config.velocity_window);
         let provider_key = claim.provider.to_be_bytes();
         let mut days: Vec<(i32, u32)> = ctx
-            .get(PROVIDER_DAYS, &provider_key)?
-            .and_then(|b| decode_state(&b))
+            .get_state(PROVIDER_DAYS, &provider_key)?
             .unwrap_or_default();
         match days.iter_mut().find(|(d, _)| *d == claim.from) {
             Some((_, n)) => *n += 1,
@@ -483,7 +488,7 @@ impl ClaimAnalysis {
             .filter(|(d, _)| (d - claim.from).abs() < velocity_days)
             .map(|(_, n)| n)
             .sum();
-        ctx.put(PROVIDER_DAYS, &provider_key, encode_state(&days));
+        ctx.put_state(PROVIDER_DAYS, &provider_key, &days);
         if near > self.config.provider_velocity_limit {
             reasons.push(reason(
                 "VELOCITY_PROVIDER",
@@ -494,21 +499,18 @@ impl ClaimAnalysis {
         }
 
         claim.reasons = reasons;
-        ctx.put(CLAIMS, &claim.claim_id.to_be_bytes(), encode_state(&claim));
+        ctx.put_state(CLAIMS, &claim.claim_id.to_be_bytes(), &claim);
         self.emit(ctx, &claim, claim.analysis_id());
 
         // Member velocity: more than the limit within the window flags the whole burst.
         // Claims are indexed by (member, service day), so claims arriving out of date
         // order are counted against the right days.
         let day_key = member_day_key(claim.member, claim.from);
-        let mut ids: Vec<i64> = ctx
-            .get(MEMBER_DAYS, &day_key)?
-            .and_then(|b| decode_state(&b))
-            .unwrap_or_default();
+        let mut ids: Vec<i64> = ctx.get_state(MEMBER_DAYS, &day_key)?.unwrap_or_default();
         if !ids.contains(&claim.claim_id) {
             ids.push(claim.claim_id);
         }
-        ctx.put(MEMBER_DAYS, &day_key, encode_state(&ids));
+        ctx.put_state(MEMBER_DAYS, &day_key, &ids);
         // The days within the window, in day order: a few point reads for a short window
         // (one, this day's, for the default of a day) rather than a scan of every day.
         let mut near: Vec<(i32, i64)> = Vec::new();
@@ -518,14 +520,15 @@ impl ClaimAnalysis {
                 let ids_of_day = if day == claim.from {
                     ids.clone()
                 } else {
-                    ctx.get(MEMBER_DAYS, &member_day_key(claim.member, day))?
-                        .and_then(|b| decode_state::<Vec<i64>>(&b))
+                    ctx.get_state::<Vec<i64>>(MEMBER_DAYS, &member_day_key(claim.member, day))?
                         .unwrap_or_default()
                 };
                 near.extend(ids_of_day.into_iter().map(|id| (day, id)));
             }
         } else {
-            for (key, value) in ctx.scan_prefix(MEMBER_DAYS, &claim.member.to_be_bytes())? {
+            for (key, ids) in
+                ctx.scan_state::<Vec<i64>>(MEMBER_DAYS, &claim.member.to_be_bytes())?
+            {
                 let Some(day) = key
                     .get(8..12)
                     .and_then(|b| b.try_into().ok())
@@ -534,21 +537,13 @@ impl ClaimAnalysis {
                     continue;
                 };
                 if (day - claim.from).abs() < velocity_days {
-                    near.extend(
-                        decode_state::<Vec<i64>>(&value)
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|id| (day, id)),
-                    );
+                    near.extend(ids.into_iter().map(|id| (day, id)));
                 }
             }
         }
         if near.len() > self.config.member_velocity_limit as usize {
             for (_, id) in &near {
-                let Some(mut other) = ctx
-                    .get(CLAIMS, &id.to_be_bytes())?
-                    .and_then(|b| decode_state::<Claim>(&b))
-                else {
+                let Some(mut other) = ctx.get_state::<Claim>(CLAIMS, &id.to_be_bytes())? else {
                     continue;
                 };
                 if other.reasons.iter().any(|r| r.code == "VELOCITY_MEMBER") {
@@ -562,7 +557,7 @@ impl ClaimAnalysis {
                     ),
                 ));
                 other.revision += 1;
-                ctx.put(CLAIMS, &id.to_be_bytes(), encode_state(&other));
+                ctx.put_state(CLAIMS, &id.to_be_bytes(), &other);
                 self.emit(ctx, &other, other.analysis_id());
             }
         }
@@ -610,10 +605,7 @@ impl ClaimAnalysis {
             Ok((Some(line), true))
         };
         let claim_key = claim_id.to_be_bytes();
-        if let Some(mut claim) = ctx
-            .get(CLAIMS, &claim_key)?
-            .and_then(|b| decode_state::<Claim>(&b))
-        {
+        if let Some(mut claim) = ctx.get_state::<Claim>(CLAIMS, &claim_key)? {
             let (line, changed) = update(&mut claim)?;
             if !changed {
                 return Ok(());
@@ -623,18 +615,17 @@ impl ClaimAnalysis {
             }
             lines::derive(&mut claim.reasons, &claim.lines, claim.billed);
             claim.revision += 1;
-            ctx.put(CLAIMS, &claim_key, encode_state(&claim));
+            ctx.put_state(CLAIMS, &claim_key, &claim);
             self.emit(ctx, &claim, claim.analysis_id());
             return Ok(());
         }
         // The claim waits for its member's coverage: so does the line, inside it.
-        for (key, value) in ctx.scan_prefix(WAITING, &[])? {
-            let mut waiting: Vec<Claim> = decode_state(&value).unwrap_or_default();
+        for (key, mut waiting) in ctx.scan_state::<Vec<Claim>>(WAITING, &[])? {
             if let Some(claim) = waiting.iter_mut().find(|c| c.claim_id == claim_id) {
                 if update(claim)?.1 {
                     claim.revision += 1;
                 }
-                ctx.put(WAITING, &key, encode_state(&waiting));
+                ctx.put_state(WAITING, &key, &waiting);
                 return Ok(());
             }
         }
@@ -672,22 +663,17 @@ impl Processor for ClaimAnalysis {
                     return Ok(()); // analysed already
                 }
                 let key = claim.member.to_be_bytes();
-                match ctx
-                    .get(POLICIES, &key)?
-                    .and_then(|b| decode_state::<Vec<Policy>>(&b))
-                {
+                match ctx.get_state::<Vec<Policy>>(POLICIES, &key)? {
                     Some(policies) => self.analyse(claim, &policies, ctx),
                     None => {
-                        let mut waiting: Vec<Claim> = ctx
-                            .get(WAITING, &key)?
-                            .and_then(|b| decode_state(&b))
-                            .unwrap_or_default();
+                        let mut waiting: Vec<Claim> =
+                            ctx.get_state(WAITING, &key)?.unwrap_or_default();
                         if !waiting.iter().any(|c| c.claim_id == claim.claim_id) {
                             // If no policy comes, the claim is analysed without one.
                             ctx.set_timer(claim.event_time_ms + self.coverage_wait_ms(), &key);
                             waiting.push(claim);
                         }
-                        ctx.put(WAITING, &key, encode_state(&waiting));
+                        ctx.put_state(WAITING, &key, &waiting);
                         Ok(())
                     }
                 }
@@ -700,10 +686,7 @@ impl Processor for ClaimAnalysis {
     /// A member's claims waited `coverage_wait` for a policy that never came: they are
     /// analysed without one. Claims that started waiting later keep their own timers.
     fn on_timer(&mut self, timer: &Timer, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
-        let Some(waiting) = ctx
-            .get(WAITING, &timer.name)?
-            .and_then(|b| decode_state::<Vec<Claim>>(&b))
-        else {
+        let Some(waiting) = ctx.get_state::<Vec<Claim>>(WAITING, &timer.name)? else {
             return Ok(());
         };
         let wait = self.coverage_wait_ms();
@@ -713,7 +696,7 @@ impl Processor for ClaimAnalysis {
         if still.is_empty() {
             ctx.delete(WAITING, &timer.name);
         } else {
-            ctx.put(WAITING, &timer.name, encode_state(&still));
+            ctx.put_state(WAITING, &timer.name, &still);
         }
         for claim in due {
             self.analyse(claim, &[], ctx)?;

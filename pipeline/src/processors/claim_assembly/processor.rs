@@ -19,7 +19,7 @@ use apache_avro::types::Value;
 use serde::{Deserialize, Serialize};
 
 use super::config::ClaimAssemblyConfig;
-use crate::processors::change::{decode_state, describe, encode_state, Cell, Change};
+use crate::processors::change::{describe, Cell, Change};
 use crate::runtime::{
     Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection, Timer,
 };
@@ -85,11 +85,8 @@ impl ClaimAssembly {
     ) -> Result<(), ProcessError> {
         let mut prefix = claim.to_vec();
         prefix.push(0);
-        for (key, value) in ctx.scan_prefix(WAITING, &prefix)? {
+        for (key, line) in ctx.scan_state::<WaitingLine>(WAITING, &prefix)? {
             ctx.delete(WAITING, &key);
-            let Some(line) = decode_state::<WaitingLine>(&value) else {
-                continue;
-            };
             ctx.emit(Output {
                 port: None,
                 key: line.key.as_ref().map(Value::from),
@@ -144,7 +141,7 @@ impl ClaimAssembly {
             value: event.value.map(Cell::from).unwrap_or(Cell::Null),
             value_schema: event.value_schema_id.unwrap_or_default(),
         };
-        ctx.put(WAITING, &key, encode_state(&waiting));
+        ctx.put_state(WAITING, &key, &waiting);
         Ok(())
     }
 }

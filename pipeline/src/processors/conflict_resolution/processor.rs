@@ -9,9 +9,7 @@ use apache_avro::types::Value;
 use super::config::ConflictConfig;
 use super::merge::{Merged, Rules, Stamp};
 use crate::avro::schemas::{CONFLICT_AUDIT, STRING_KEY};
-use crate::processors::change::{
-    column, decode_state, describe, encode_state, rewrite, to_cells, Cell, Change,
-};
+use crate::processors::change::{column, describe, rewrite, to_cells, Cell, Change};
 use crate::runtime::{Context, Event, Output, OutputSchema, ProcessError, Processor};
 
 const ROWS: &str = "rows";
@@ -91,10 +89,7 @@ impl Processor for ConflictResolution {
             origin,
             position: change.position.clone(),
         };
-        let mut merged: Merged = ctx
-            .get(ROWS, &state_key)?
-            .and_then(|b| decode_state(&b))
-            .unwrap_or_default();
+        let mut merged: Merged = ctx.get_state(ROWS, &state_key)?.unwrap_or_default();
         let rules = self.rules(&change.table).clone();
         let conflicts = match (change.op.as_str(), &change.after) {
             ("d", _) | (_, None) => {
@@ -106,7 +101,7 @@ impl Processor for ConflictResolution {
                 merged.write(&rules, &stamp, &to_cells(after), before.as_deref())
             }
         };
-        ctx.put(ROWS, &state_key, encode_state(&merged));
+        ctx.put_state(ROWS, &state_key, &merged);
 
         let deleted = merged.is_deleted();
         let merged_row = merged.row();

@@ -16,7 +16,7 @@ use super::config::TieringConfig;
 use super::pii::{PiiKeyError, Protection};
 use crate::avro::schemas::TIER_MOVE;
 use crate::domain::Domain;
-use crate::processors::change::{decode_state, encode_state, rewrite, Cell, Change, Row};
+use crate::processors::change::{rewrite, Cell, Change, Row};
 use crate::runtime::{
     Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection, Timer,
 };
@@ -261,13 +261,13 @@ impl Tiering {
             event.value_schema_id.unwrap_or_default(),
         );
         let key = claim_key(claim_id);
-        match ctx.get(ROWS, &key)?.and_then(|b| decode_state::<Entry>(&b)) {
+        match ctx.get_state::<Entry>(ROWS, &key)? {
             Some(mut e) => {
                 e.analysis = Some(analysis);
                 self.emit_analysis(ctx, e.tier, &e);
-                ctx.put(ROWS, &key, encode_state(&e));
+                ctx.put_state(ROWS, &key, &e);
             }
-            None => ctx.put(WAITING, &claim_id.to_be_bytes(), encode_state(&analysis)),
+            None => ctx.put_state(WAITING, &claim_id.to_be_bytes(), &analysis),
         }
         Ok(())
     }
@@ -344,9 +344,7 @@ impl Processor for Tiering {
         if change.op == "d" {
             // Deletes may carry only the key columns: the tier comes from state.
             let state_key = row_key(&change.table, key, &row);
-            let previous = ctx
-                .get(ROWS, &state_key)?
-                .and_then(|b| decode_state::<Entry>(&b));
+            let previous = ctx.get_state::<Entry>(ROWS, &state_key)?;
             let tiers = match &previous {
                 Some(p) => {
                     if let Some(due) = self.next_boundary(p.tier, p.age_day) {
@@ -380,9 +378,7 @@ impl Processor for Tiering {
             }
         };
         let state_key = row_key(&change.table, key, &row);
-        let previous = ctx
-            .get(ROWS, &state_key)?
-            .and_then(|b| decode_state::<Entry>(&b));
+        let previous = ctx.get_state::<Entry>(ROWS, &state_key)?;
         if let Some(p) = &previous {
             if let Some(due) = self.next_boundary(p.tier, p.age_day) {
                 ctx.cancel_timer(due, &state_key);
@@ -406,8 +402,8 @@ impl Processor for Tiering {
             .then(|| claim_id(&row))
             .flatten()
         {
-            if let Some(waiting) = ctx.get(WAITING, &claim_id.to_be_bytes())? {
-                entry.analysis = decode_state(&waiting);
+            if let Some(waiting) = ctx.get_state(WAITING, &claim_id.to_be_bytes())? {
+                entry.analysis = Some(waiting);
                 analysis_arrived_first = true;
                 ctx.delete(WAITING, &claim_id.to_be_bytes());
             }
@@ -430,15 +426,12 @@ impl Processor for Tiering {
         if let Some(due) = self.next_boundary(tier, age_day) {
             ctx.set_timer(due, &state_key);
         }
-        ctx.put(ROWS, &state_key, encode_state(&entry));
+        ctx.put_state(ROWS, &state_key, &entry);
         Ok(())
     }
 
     fn on_timer(&mut self, timer: &Timer, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
-        let Some(mut entry) = ctx
-            .get(ROWS, &timer.name)?
-            .and_then(|b| decode_state::<Entry>(&b))
-        else {
+        let Some(mut entry) = ctx.get_state::<Entry>(ROWS, &timer.name)? else {
             return Ok(()); // deleted meanwhile
         };
         let to = self.tier_at(entry.age_day, timer.due_ms);
@@ -457,7 +450,7 @@ impl Processor for Tiering {
         if let Some(due) = self.next_boundary(to, entry.age_day) {
             ctx.set_timer(due, &timer.name);
         }
-        ctx.put(ROWS, &timer.name, encode_state(&entry));
+        ctx.put_state(ROWS, &timer.name, &entry);
         Ok(())
     }
 }
