@@ -39,7 +39,10 @@ impl<P: Processor> Harness<P> {
 
     fn commit(&self, overlay: Overlay) -> Result<(), ProcessError> {
         let batch = Batch {
-            ops: overlay.into_iter().map(|((s, k), v)| (s, k, v)).collect(),
+            ops: overlay
+                .into_iter()
+                .map(|((s, k), v)| (s.to_string(), k, v))
+                .collect(),
         };
         Ok(self.store.write(batch)?)
     }

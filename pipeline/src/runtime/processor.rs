@@ -153,7 +153,9 @@ pub trait Processor: Send + Sync {
 }
 
 /// Uncommitted state changes: (store, partition-prefixed key) → value (`None` deletes).
-pub(crate) type Overlay = BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>;
+/// Store names are the processor's and the runtime's constants, so a lookup allocates
+/// only the key.
+pub(crate) type Overlay = BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>;
 
 /// Runtime-owned stores, changelogged like the processor's own.
 pub(crate) const POSITIONS: &str = "_positions";
@@ -224,8 +226,8 @@ impl<'a> Context<'a> {
         self.watermark_ms
     }
 
-    pub fn get(&self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        let full = (store.to_string(), partition_key(self.partition, key));
+    pub fn get(&self, store: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        let full = (store, partition_key(self.partition, key));
         if let Some(v) = self.scratch.get(&full).or_else(|| self.batch.get(&full)) {
             return Ok(v.clone());
         }
@@ -236,7 +238,7 @@ impl<'a> Context<'a> {
     /// does not read is an error (the run stops), never `None`.
     pub fn get_state<T: DeserializeOwned>(
         &self,
-        store: &str,
+        store: &'static str,
         key: &[u8],
     ) -> Result<Option<T>, StateError> {
         self.get(store, key)?
@@ -244,27 +246,27 @@ impl<'a> Context<'a> {
             .transpose()
     }
 
-    pub fn put_state<T: Serialize>(&mut self, store: &str, key: &[u8], value: &T) {
+    pub fn put_state<T: Serialize>(&mut self, store: &'static str, key: &[u8], value: &T) {
         self.put(store, key, encode_state(value));
     }
 
-    pub fn put(&mut self, store: &str, key: &[u8], value: Vec<u8>) {
-        self.scratch.insert(
-            (store.to_string(), partition_key(self.partition, key)),
-            Some(value),
-        );
+    pub fn put(&mut self, store: &'static str, key: &[u8], value: Vec<u8>) {
+        self.scratch
+            .insert((store, partition_key(self.partition, key)), Some(value));
     }
 
-    pub fn delete(&mut self, store: &str, key: &[u8]) {
-        self.scratch.insert(
-            (store.to_string(), partition_key(self.partition, key)),
-            None,
-        );
+    pub fn delete(&mut self, store: &'static str, key: &[u8]) {
+        self.scratch
+            .insert((store, partition_key(self.partition, key)), None);
     }
 
     /// Entries of `store` whose key starts with `prefix`, including this batch's changes,
     /// in key order; keys are returned without the partition prefix.
-    pub fn scan_prefix(&self, store: &str, prefix: &[u8]) -> Result<Vec<Entry>, StateError> {
+    pub fn scan_prefix(
+        &self,
+        store: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<Entry>, StateError> {
         let start = partition_key(self.partition, prefix);
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
             .store
@@ -273,9 +275,9 @@ impl<'a> Context<'a> {
             .map(|(k, v)| (k, Some(v)))
             .collect();
         for overlay in [self.batch, &self.scratch] {
-            let from = (store.to_string(), start.clone());
+            let from = (store, start.clone());
             for ((s, k), v) in overlay.range(from..) {
-                if s != store || !k.starts_with(&start) {
+                if *s != store || !k.starts_with(&start) {
                     break;
                 }
                 merged.insert(k.clone(), v.clone());
@@ -290,7 +292,7 @@ impl<'a> Context<'a> {
     /// [`Context::scan_prefix`] of records [`Context::put_state`] wrote, decoded.
     pub fn scan_state<T: DeserializeOwned>(
         &self,
-        store: &str,
+        store: &'static str,
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, T)>, StateError> {
         self.scan_prefix(store, prefix)?
@@ -319,16 +321,14 @@ impl<'a> Context<'a> {
     /// Setting the same (due, name) twice keeps one timer.
     pub fn set_timer(&mut self, due_ms: i64, name: &[u8]) {
         self.scratch.insert(
-            (TIMERS.to_string(), timer_key(self.partition, due_ms, name)),
+            (TIMERS, timer_key(self.partition, due_ms, name)),
             Some(Vec::new()),
         );
     }
 
     pub fn cancel_timer(&mut self, due_ms: i64, name: &[u8]) {
-        self.scratch.insert(
-            (TIMERS.to_string(), timer_key(self.partition, due_ms, name)),
-            None,
-        );
+        self.scratch
+            .insert((TIMERS, timer_key(self.partition, due_ms, name)), None);
     }
 
     pub fn emit(&mut self, output: Output) {
@@ -370,7 +370,7 @@ mod tests {
         stored.put("s", partition_key(3, b"k1"), b"other partition".to_vec());
         store.write(stored).unwrap();
         let mut batch = Overlay::new();
-        batch.insert(("s".into(), partition_key(2, b"k2")), None);
+        batch.insert(("s", partition_key(2, b"k2")), None);
         let mut ctx = Context::new(2, &store, &batch, 0);
         ctx.put("s", b"k3", b"scratch".to_vec());
         assert_eq!(ctx.get("s", b"k1").unwrap(), Some(b"stored".to_vec()));

@@ -456,7 +456,7 @@ impl Loop {
             }
             in_counter.inc();
             pending.overlay.insert(
-                (PROGRESS.into(), partition_key(p, &offset_key(&topic))),
+                (PROGRESS, partition_key(p, &offset_key(&topic))),
                 Some((offset + 1).to_be_bytes().to_vec()),
             );
             if let Some(task) = self.tasks.get_mut(&p) {
@@ -520,7 +520,7 @@ impl Loop {
             task.watermark_ms = to;
         }
         pending.overlay.insert(
-            (PROGRESS.into(), partition_key(p, WATERMARK_KEY)),
+            (PROGRESS, partition_key(p, WATERMARK_KEY)),
             Some(to.to_be_bytes().to_vec()),
         );
         let (start, end) = (
@@ -538,9 +538,9 @@ impl Loop {
                 .into_iter()
                 .map(|(k, _)| (k, true))
                 .collect();
-            let from = (TIMERS.to_string(), start.clone());
+            let from = (TIMERS, start.clone());
             for ((s, k), v) in pending.overlay.range(from..) {
-                if s != TIMERS || k >= &end {
+                if *s != TIMERS || k >= &end {
                     break;
                 }
                 due.insert(k.clone(), v.is_some());
@@ -551,7 +551,7 @@ impl Loop {
             if key > cursor {
                 cursor = key.clone();
             }
-            pending.overlay.insert((TIMERS.into(), key.clone()), None);
+            pending.overlay.insert((TIMERS, key.clone()), None);
             let Some(timer) = parse_timer_key(&key) else {
                 continue;
             };
@@ -665,7 +665,7 @@ impl Loop {
         // 2. Changelog.
         let mut changelog_sends = Vec::new();
         for ((store, key), value) in &overlay {
-            if store == LOCAL {
+            if *store == LOCAL {
                 continue;
             }
             let p = i32::from_be_bytes([key[0], key[1], key[2], key[3]]);
@@ -689,7 +689,7 @@ impl Loop {
         batch.ops.extend(
             overlay
                 .into_iter()
-                .map(|((store, key), value)| (store, key, value)),
+                .map(|((store, key), value)| (store.to_string(), key, value)),
         );
         for (p, next) in checkpoints {
             batch.put(LOCAL, checkpoint_key(p), next.to_be_bytes().to_vec());
