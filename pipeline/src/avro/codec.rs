@@ -150,7 +150,10 @@ pub struct Decoded {
 pub struct Codec {
     registry: RegistryClient,
     allow_incompatible: bool,
+    /// (subject, schema text) → writer.
     writers: RwLock<HashMap<(String, String), Writer>>,
+    /// (topic, schema text) → writer, for [`Codec::register_on_topic`].
+    topic_writers: RwLock<HashMap<(String, String), Writer>>,
     readers: RwLock<HashMap<u32, Arc<ReaderEntry>>>,
 }
 
@@ -169,6 +172,7 @@ impl Codec {
             registry: RegistryClient::new(settings)?,
             allow_incompatible: settings.allow_incompatible,
             writers: RwLock::default(),
+            topic_writers: RwLock::default(),
             readers: RwLock::default(),
         })
     }
@@ -182,6 +186,15 @@ impl Codec {
     /// on the audit topic), so subjects follow TopicRecordNameStrategy:
     /// `<topic>-<record full name>` (a schema that is not a record: its type, `string`).
     pub async fn register_on_topic(&self, topic: &str, schema: &str) -> Result<Writer, CodecError> {
+        let cache_key = (topic.to_string(), schema.to_string());
+        if let Some(w) = self
+            .topic_writers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cache_key)
+        {
+            return Ok(w.clone());
+        }
         let parsed = Schema::parse_str(schema).map_err(|e| CodecError::InvalidSchema {
             subject: topic.into(),
             detail: e.to_string(),
@@ -190,7 +203,12 @@ impl Codec {
             Schema::Record(r) => r.name.fullname(None),
             other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)).to_lowercase(),
         };
-        self.register(&format!("{topic}-{name}"), schema).await
+        let writer = self.register(&format!("{topic}-{name}"), schema).await?;
+        self.topic_writers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cache_key, writer.clone());
+        Ok(writer)
     }
 
     /// Registers `schema` under `subject` (once per process) and returns its writer.

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
 use futures::future::BoxFuture;
+use futures::TryFutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -301,15 +302,18 @@ impl BatchIo<'_> {
             let notice = FutureRecord::to(&spec.audit)
                 .key(notice_key.as_slice())
                 .payload(notice.as_slice());
-            for (topic, record) in [(&spec.dead_letter, record), (&spec.audit, notice)] {
+            // The letter and its notice go out together; both are acknowledged before
+            // the offsets that pass the message are committed.
+            let send = |topic: &str, record| {
+                let topic = topic.to_string();
                 self.producer
                     .send(record, Duration::from_secs(60))
-                    .await
-                    .map_err(|(source, _)| RuntimeError::KafkaIo {
+                    .map_err(move |(source, _)| RuntimeError::KafkaIo {
                         what: format!("writing to {topic}"),
                         source,
-                    })?;
-            }
+                    })
+            };
+            futures::try_join!(send(&spec.dead_letter, record), send(&spec.audit, notice))?;
             self.counters.dead.inc();
         }
 
