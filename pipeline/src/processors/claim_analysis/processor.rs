@@ -391,9 +391,8 @@ impl ClaimAnalysis {
         let exact = exact_key(&claim);
         // Of two exact duplicates the one committed later is flagged, whichever reached
         // this stage first (claims of one member come from several partitions upstream).
-        let stored = match ctx.get(EXACT, &exact)? {
-            Some(bytes) if bytes != claim.claim_id.to_be_bytes() => {
-                let id = i64::from_be_bytes(bytes.try_into().unwrap_or_default());
+        let stored = match ctx.get_state::<i64>(EXACT, &exact)? {
+            Some(id) if id != claim.claim_id => {
                 let original = ctx.get_state::<Claim>(CLAIMS, &id.to_be_bytes())?;
                 Some((id, original))
             }
@@ -401,7 +400,7 @@ impl ClaimAnalysis {
         };
         match stored {
             Some((_, Some(mut original))) if original.position > claim.position => {
-                ctx.put(EXACT, &exact, claim.claim_id.to_be_bytes().to_vec());
+                ctx.put_state(EXACT, &exact, &claim.claim_id);
                 if !original.reasons.iter().any(|r| r.code == "DUPLICATE_EXACT") {
                     original.reasons.push(reason(
                         "DUPLICATE_EXACT",
@@ -415,7 +414,7 @@ impl ClaimAnalysis {
             Some((first, _)) => {
                 reasons.push(reason("DUPLICATE_EXACT", format!("same as claim {first}")));
             }
-            None => ctx.put(EXACT, &exact, claim.claim_id.to_be_bytes().to_vec()),
+            None => ctx.put_state(EXACT, &exact, &claim.claim_id),
         }
 
         // Near duplicates: same member, provider and diagnoses within the window, amount within 6%.
