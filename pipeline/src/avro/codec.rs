@@ -152,8 +152,8 @@ pub struct Codec {
     allow_incompatible: bool,
     /// (subject, schema text) → writer.
     writers: RwLock<HashMap<(String, String), Writer>>,
-    /// (topic, schema text) → writer, for [`Codec::register_on_topic`].
-    topic_writers: RwLock<HashMap<(String, String), Writer>>,
+    /// Schema text → the name [`Codec::register_on_topic`] puts in its subject.
+    record_names: RwLock<HashMap<String, String>>,
     readers: RwLock<HashMap<u32, Arc<ReaderEntry>>>,
 }
 
@@ -172,7 +172,7 @@ impl Codec {
             registry: RegistryClient::new(settings)?,
             allow_incompatible: settings.allow_incompatible,
             writers: RwLock::default(),
-            topic_writers: RwLock::default(),
+            record_names: RwLock::default(),
             readers: RwLock::default(),
         })
     }
@@ -186,14 +186,20 @@ impl Codec {
     /// on the audit topic), so subjects follow TopicRecordNameStrategy:
     /// `<topic>-<record full name>` (a schema that is not a record: its type, `string`).
     pub async fn register_on_topic(&self, topic: &str, schema: &str) -> Result<Writer, CodecError> {
-        let cache_key = (topic.to_string(), schema.to_string());
-        if let Some(w) = self
-            .topic_writers
+        let name = self.record_name(topic, schema)?;
+        self.register(&format!("{topic}-{name}"), schema).await
+    }
+
+    /// The full name of `schema`'s record (a schema that is not a record: its type),
+    /// parsed once per schema text.
+    fn record_name(&self, topic: &str, schema: &str) -> Result<String, CodecError> {
+        if let Some(name) = self
+            .record_names
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&cache_key)
+            .get(schema)
         {
-            return Ok(w.clone());
+            return Ok(name.clone());
         }
         let parsed = Schema::parse_str(schema).map_err(|e| CodecError::InvalidSchema {
             subject: topic.into(),
@@ -203,12 +209,11 @@ impl Codec {
             Schema::Record(r) => r.name.fullname(None),
             other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)).to_lowercase(),
         };
-        let writer = self.register(&format!("{topic}-{name}"), schema).await?;
-        self.topic_writers
+        self.record_names
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(cache_key, writer.clone());
-        Ok(writer)
+            .insert(schema.to_string(), name.clone());
+        Ok(name)
     }
 
     /// Registers `schema` under `subject` (once per process) and returns its writer.
