@@ -200,7 +200,7 @@ impl Fixture {
             kafka: self.kafka.clone(),
             codec: self.codec.clone(),
             metrics: Metrics::new(),
-            state_memory: StateMemory::new(8 << 20, 8 << 20),
+            state_memory: StateMemory::new(8 << 20, 8 << 20, 64 << 20),
         };
         let task = tokio::spawn(run_processor(
             self.spec(state_dir),

@@ -170,7 +170,7 @@ impl Metrics {
             ),
             state_memory_bytes: gauge(
                 "state_memory_bytes",
-                "RocksDB memory of the process: `memtables` (bounded by state.memtable_size) and `block_cache` (by state.cache_size)",
+                "RocksDB memory of the process: `memtables` (bounded by state.memtable_size), `block_cache` (by state.cache_size) and `record_cache` (by state.record_cache_size)",
                 &["kind"],
             ),
             replay_events: gauge(

@@ -706,6 +706,9 @@ impl Loop {
             gauge
                 .with_label_values(&["block_cache"])
                 .set(memory.cache_usage() as i64);
+            gauge
+                .with_label_values(&["record_cache"])
+                .set(memory.record_cache_usage() as i64);
         }
 
         // 4. Consumer offsets.

@@ -9,6 +9,7 @@
 //! - Reads see every batch written before them by the same process.
 //! - Calls block (RocksDB does disk I/O): async code calls them from a blocking thread.
 
+mod cache;
 mod memory;
 mod record;
 mod rocks;
@@ -133,7 +134,7 @@ mod contract_tests {
     #[test]
     fn rocks_store_keeps_the_contract_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let memory = StateMemory::new(8 << 20, 8 << 20);
+        let memory = StateMemory::new(8 << 20, 8 << 20, 64 << 20);
         {
             let store = RocksStore::open(dir.path(), &["counts", "offsets"], &memory).unwrap();
             contract(&store);

@@ -1,16 +1,19 @@
 //! RocksDB [`StateStore`]: one column family per store, one `WriteBatch` per [`Batch`].
 //!
 //! Memory: every database a process opens draws on one [`StateMemory`] — one block
-//! cache and one memtable budget — so a deployment's RocksDB memory is bounded by two
-//! topology settings however many processors and stores it runs.
+//! cache, one memtable budget and one record cache ([`super::cache`]) — so a
+//! deployment's state memory is bounded by three topology settings however many
+//! processors and stores it runs.
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
     WriteBufferManager, DB,
 };
 
+use super::cache::RecordCache;
 use super::{Batch, Entry, StateError, StateStore};
 
 /// Largest memtable of one store before it is flushed; the shared budget flushes sooner.
@@ -24,19 +27,22 @@ const MAX_MEMTABLE_BYTES: usize = 4 << 20;
 pub struct StateMemory {
     cache: Cache,
     write_buffers: WriteBufferManager,
+    records: Option<RecordCache>,
 }
 
 impl StateMemory {
-    /// A block cache of `cache_bytes` and about `memtable_bytes` of memtables across all
-    /// databases opened with it: past the budget, the database being written flushes.
+    /// A block cache of `cache_bytes`, about `memtable_bytes` of memtables across all
+    /// databases opened with it (past the budget, the database being written flushes) and
+    /// a record cache of `record_cache_bytes` (none if 0).
     ///
     /// Writers never stall on the budget: with RocksDB's stalling on, writes to several
     /// databases sharing it blocked for good (seen in a soak: every processor's commit
     /// waiting in `WriteBufferManagerStallWrites`, the memory held by the others).
-    pub fn new(cache_bytes: usize, memtable_bytes: usize) -> Self {
+    pub fn new(cache_bytes: usize, memtable_bytes: usize, record_cache_bytes: usize) -> Self {
         Self {
             cache: Cache::new_lru_cache(cache_bytes),
             write_buffers: WriteBufferManager::new_write_buffer_manager(memtable_bytes, false),
+            records: RecordCache::new(record_cache_bytes),
         }
     }
 
@@ -45,6 +51,7 @@ impl StateMemory {
         Self::new(
             settings.cache_size.0 as usize,
             settings.memtable_size.0 as usize,
+            settings.record_cache_size.0 as usize,
         )
     }
 
@@ -57,10 +64,20 @@ impl StateMemory {
     pub fn cache_usage(&self) -> usize {
         self.cache.get_usage()
     }
+
+    /// Bytes of records held now in the record cache.
+    pub fn record_cache_usage(&self) -> usize {
+        self.records.as_ref().map_or(0, |r| r.usage() as usize)
+    }
 }
 
 pub struct RocksStore {
     db: DB,
+    /// This database's entries in the process's record cache, if it has one.
+    records: Option<(RecordCache, u32)>,
+    /// Held while a write is applied to RocksDB and then to the record cache; counts the
+    /// writes applied (see [`super::cache`] for why reads compare it).
+    writes: Mutex<u64>,
 }
 
 impl RocksStore {
@@ -100,7 +117,14 @@ impl RocksStore {
                 source,
             }
         })?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            records: memory
+                .records
+                .clone()
+                .map(|r| (r, RecordCache::database_id())),
+            writes: Mutex::new(0),
+        })
     }
 }
 
@@ -110,12 +134,33 @@ impl RocksStore {
             .cf_handle(store)
             .ok_or_else(|| StateError::UnknownStore(store.into()))
     }
+
+    /// The write lock; a write that panicked leaves nothing half-done in the cache
+    /// that matters (the process stops), so a poisoned lock is taken as it is.
+    fn writes(&self) -> MutexGuard<'_, u64> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl StateStore for RocksStore {
     fn get(&self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         let cf = self.cf(store)?;
-        self.db.get_cf(&cf, key).map_err(StateError::Io)
+        let Some((records, database)) = &self.records else {
+            return self.db.get_cf(&cf, key).map_err(StateError::Io);
+        };
+        let cache_key = RecordCache::key(*database, store, key);
+        if let Some(value) = records.get(&cache_key) {
+            return Ok(Some(value));
+        }
+        let writes_before = *self.writes();
+        let value = self.db.get_cf(&cf, key).map_err(StateError::Io)?;
+        if let Some(value) = &value {
+            let writes = self.writes();
+            if *writes == writes_before {
+                records.insert(cache_key, value.clone());
+            }
+        }
+        Ok(value)
     }
 
     fn write(&self, batch: Batch) -> Result<(), StateError> {
@@ -127,7 +172,19 @@ impl StateStore for RocksStore {
                 None => wb.delete_cf(&cf, key),
             }
         }
-        self.db.write(wb).map_err(StateError::Io)
+        let mut writes = self.writes();
+        self.db.write(wb).map_err(StateError::Io)?;
+        *writes += 1;
+        if let Some((records, database)) = &self.records {
+            for (store, key, value) in batch.ops {
+                let cache_key = RecordCache::key(*database, &store, &key);
+                match value {
+                    Some(value) => records.update(cache_key, value),
+                    None => records.remove(&cache_key),
+                }
+            }
+        }
+        Ok(())
     }
 
     fn scan_prefix(&self, store: &str, prefix: &[u8]) -> Result<Vec<Entry>, StateError> {
@@ -179,7 +236,7 @@ mod tests {
         // filled to about 0.8 MiB each they hold 4.8 MiB, past the 4 MiB budget, which
         // must flush some of them.
         let budget = 4 << 20;
-        let memory = StateMemory::new(1 << 20, budget);
+        let memory = StateMemory::new(1 << 20, budget, 64 << 20);
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         let names = ["a", "b", "c"];
         let stores: Vec<RocksStore> = dirs
@@ -209,5 +266,51 @@ mod tests {
             memory.memtable_usage() > 0,
             "memtables are charged to the budget"
         );
+    }
+
+    /// Two databases share a record cache too small for their keys (entries are evicted
+    /// all the time); whatever the interleaving of puts, deletes and reads, each reads
+    /// back exactly what a map given the same changes holds.
+    #[test]
+    fn reads_through_the_record_cache_match_the_writes() {
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        let op = (0usize..2, 0u8..2, 0u8..24, proptest::option::of(0u16..1000));
+        proptest!(ProptestConfig::with_cases(32), |(ops in proptest::collection::vec(op, 1..300))| {
+            let memory = StateMemory::new(1 << 20, 8 << 20, 2 << 10);
+            let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+            let names = ["a", "b"];
+            let stores: Vec<RocksStore> = dirs
+                .iter()
+                .map(|d| RocksStore::open(d.path(), &names, &memory).unwrap())
+                .collect();
+            let mut model: BTreeMap<(usize, &str, u8), Vec<u8>> = BTreeMap::new();
+            for (database, store, key, value) in ops {
+                let name = names[store as usize];
+                let mut batch = Batch::default();
+                match value {
+                    Some(v) => {
+                        let bytes = v.to_be_bytes().repeat(1 + v as usize % 40);
+                        batch.put(name, vec![key], bytes.clone());
+                        model.insert((database, name, key), bytes);
+                    }
+                    None => {
+                        batch.delete(name, vec![key]);
+                        model.remove(&(database, name, key));
+                    }
+                }
+                stores[database].write(batch).unwrap();
+                for other in 0u8..24 {
+                    for (d, store) in stores.iter().enumerate() {
+                        prop_assert_eq!(
+                            store.get(name, &[other]).unwrap(),
+                            model.get(&(d, name, other)).cloned()
+                        );
+                    }
+                }
+            }
+            prop_assert!(memory.record_cache_usage() <= 2 << 10);
+        });
     }
 }

@@ -213,6 +213,10 @@ pub struct StateSettings {
     /// store being written flushes.
     #[serde(default = "default_cache")]
     pub memtable_size: Size,
+    /// Records processors read and wrote lately, kept in memory in front of RocksDB and
+    /// shared by every store of the process (0 turns it off).
+    #[serde(default = "default_cache")]
+    pub record_cache_size: Size,
     /// Replication factor of changelog topics.
     #[serde(default = "default_replication")]
     pub changelog_replication_factor: i16,
