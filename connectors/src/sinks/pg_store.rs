@@ -301,7 +301,7 @@ impl PgStore {
                         next = index + run.len();
                         let rows: Vec<(&Row, &str)> = run
                             .iter()
-                            .filter_map(|c| Some((c.after.as_ref()?, c.position.as_str())))
+                            .filter_map(|c| Some((c.after?, c.position)))
                             .collect();
                         let qualified = format!("{}.{name}", self.schema);
                         upsert_many(&mut tx, &qualified, table, &rows).await
@@ -339,7 +339,7 @@ impl PgStore {
     /// a record that does not parse) with its table's name; when it is a plain upsert of a
     /// table that takes upserts in bulk (no partition, no eviction), also the plain upserts
     /// of the same table that follow it, and `true`.
-    fn upsert_run(&self, records: &[SinkRecord]) -> (String, Vec<Change>, bool) {
+    fn upsert_run<'r>(&self, records: &'r [SinkRecord]) -> (String, Vec<Change<'r>>, bool) {
         let (mut name, mut run) = (String::new(), Vec::new());
         for record in records {
             let Some(value) = &record.value else { break };
@@ -397,7 +397,7 @@ impl PgStore {
                 continue;
             };
             let qualified = format!("{}.{name}", self.schema);
-            match delete_key(&mut tx, &qualified, &table, after, &change.position, "<=").await {
+            match delete_key(&mut tx, &qualified, &table, after, change.position, "<=").await {
                 Ok(()) | Err(WriteError::Refused(..)) => {}
                 Err(WriteError::Db(e)) => return Err(transient(e)),
             }
@@ -425,7 +425,7 @@ impl PgStore {
     async fn write_change(
         &mut self,
         conn: &mut sqlx::PgConnection,
-        change: Change,
+        change: Change<'_>,
         name: &str,
     ) -> Result<(), WriteError> {
         let table = self.tables.get(name).cloned().ok_or_else(|| {
@@ -435,25 +435,25 @@ impl PgStore {
             )
         })?;
         let qualified = format!("{}.{name}", self.schema);
-        match (change.op.as_str(), &change.after) {
+        match (change.op, &change.after) {
             ("t", _) => {
                 sqlx::query(&format!("DELETE FROM {qualified} WHERE _position < $1"))
-                    .bind(&change.position)
+                    .bind(change.position)
                     .execute(&mut *conn)
                     .await?;
             }
             ("d", _) | (_, None) => {
-                let row = change.before.clone().unwrap_or_default();
-                delete_key(conn, &qualified, &table, &row, &change.position, "<=").await?;
+                let row = change.before.unwrap_or_default();
+                delete_key(conn, &qualified, &table, row, change.position, "<=").await?;
             }
             (_, Some(after)) => {
                 if let Some(col) = &table.partition_by {
                     self.ensure_partition(conn, name, after, col).await?;
                 }
-                upsert(conn, &qualified, &table, after, &change.position).await?;
+                upsert(conn, &qualified, &table, after, change.position).await?;
                 if let (Some(evict), true) = (&self.evict_from, name.starts_with("claim")) {
                     let old = format!("{evict}.{name}");
-                    delete_key(conn, &old, &table, after, &change.position, "<=").await?;
+                    delete_key(conn, &old, &table, after, change.position, "<=").await?;
                 }
             }
         }
@@ -585,7 +585,10 @@ impl Table {
 }
 
 /// The change a record carries and its table's name (without the schema).
-fn parse_change(record: &SinkRecord, value: &Value) -> Result<(Change, String), WriteError> {
+fn parse_change<'r>(
+    record: &'r SinkRecord,
+    value: &'r Value,
+) -> Result<(Change<'r>, String), WriteError> {
     let event = Event {
         topic: &record.topic,
         partition: record.partition,

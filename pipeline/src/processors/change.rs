@@ -12,22 +12,23 @@ use crate::runtime::processor::record_field;
 use crate::runtime::{Event, Rejection};
 
 /// A row: column name → value, in schema order.
-pub type Row = Vec<(String, Value)>;
+pub type Row = [(String, Value)];
 
-/// The parts of a change envelope processors work with.
+/// The parts of a change envelope processors work with, borrowed from the decoded
+/// envelope (reading one copies nothing but the table's name).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Change {
+pub struct Change<'e> {
     /// `schema.table`.
     pub table: String,
     /// `c`, `u`, `d`, `r` or `t`.
-    pub op: String,
-    pub before: Option<Row>,
-    pub after: Option<Row>,
-    pub position: String,
+    pub op: &'e str,
+    pub before: Option<&'e Row>,
+    pub after: Option<&'e Row>,
+    pub position: &'e str,
     /// Commit time in the source, ms.
     pub ts_ms: i64,
-    pub region: String,
-    pub origin: Option<String>,
+    pub region: &'e str,
+    pub origin: Option<&'e str>,
     pub hlc: Option<i64>,
 }
 
@@ -38,23 +39,23 @@ fn unwrap_union(v: &Value) -> &Value {
     }
 }
 
-fn text(v: Option<&Value>) -> Option<String> {
+fn text(v: Option<&Value>) -> Option<&str> {
     match v.map(unwrap_union) {
-        Some(Value::String(s)) | Some(Value::Enum(_, s)) => Some(s.clone()),
+        Some(Value::String(s)) | Some(Value::Enum(_, s)) => Some(s),
         _ => None,
     }
 }
 
-fn row(v: Option<&Value>) -> Option<Row> {
+fn row(v: Option<&Value>) -> Option<&Row> {
     match v.map(unwrap_union) {
-        Some(Value::Record(fields)) => Some(fields.clone()),
+        Some(Value::Record(fields)) => Some(fields),
         _ => None,
     }
 }
 
-impl Change {
+impl<'e> Change<'e> {
     /// Reads a change envelope; anything else is rejected with what is missing.
-    pub fn from_event(event: &Event<'_>) -> Result<Change, Rejection> {
+    pub fn from_event(event: &Event<'e>) -> Result<Change<'e>, Rejection> {
         let value = event.value.ok_or_else(|| {
             Rejection::new(
                 "envelope.tombstone",
@@ -93,7 +94,7 @@ impl Change {
     }
 
     /// The event's key; a change without one is rejected.
-    pub fn key<'e>(&self, event: &Event<'e>) -> Result<&'e Value, Rejection> {
+    pub fn key<'k>(&self, event: &Event<'k>) -> Result<&'k Value, Rejection> {
         event.key.ok_or_else(|| {
             Rejection::new(
                 "envelope.no_key",
@@ -103,8 +104,8 @@ impl Change {
     }
 
     /// The row this change leaves (after), or the one it removed (before).
-    pub fn row(&self) -> Option<&Row> {
-        self.after.as_ref().or(self.before.as_ref())
+    pub fn row(&self) -> Option<&'e Row> {
+        self.after.or(self.before)
     }
 
     /// A column of [`Change::row`].
@@ -266,7 +267,7 @@ pub fn to_cells(row: &Row) -> Vec<(String, Cell)> {
         .collect()
 }
 
-pub fn from_cells(cells: &[(String, Cell)]) -> Row {
+pub fn from_cells(cells: &[(String, Cell)]) -> Vec<(String, Value)> {
     cells
         .iter()
         .map(|(k, v)| (k.clone(), Value::from(v)))
@@ -303,7 +304,7 @@ mod tests {
 
     #[test]
     fn cells_round_trip_row_values() {
-        let row: Row = vec![
+        let row: Vec<(String, Value)> = vec![
             ("id".into(), Value::Long(7)),
             (
                 "amount".into(),

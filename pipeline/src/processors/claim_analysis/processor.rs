@@ -230,7 +230,7 @@ impl ClaimAnalysis {
             diagnoses: strings(row, "diagnosis_codes"),
             claim_type: text(row, "claim_type").unwrap_or_default(),
             form_type: text(row, "form_type").unwrap_or_default(),
-            position: change.position.clone(),
+            position: change.position.to_string(),
             event_time_ms: change.ts_ms,
             key: Cell::from(event.key.unwrap_or(&Value::Null)),
             key_schema_id: event.key_schema_id.unwrap_or_default(),
@@ -656,7 +656,7 @@ impl Processor for ClaimAnalysis {
         let change = Change::from_event(event)?;
         match change.table.rsplit('.').next() {
             Some("policies") => self.policy(&change, ctx),
-            Some("claims") if matches!(change.op.as_str(), "c" | "r") => {
+            Some("claims") if matches!(change.op, "c" | "r") => {
                 let claim = self.read_claim(&change, event)?;
                 if ctx.get(CLAIMS, &claim.claim_id.to_be_bytes())?.is_some() {
                     return Ok(()); // analysed already

@@ -42,12 +42,12 @@ impl ConflictResolution {
     /// Who made the change: its own stamp, else this site for local changes, else the
     /// region it was captured in (a topic mirrored from another region).
     fn origin(&self, change: &Change) -> String {
-        match &change.origin {
-            Some(o) => o.clone(),
+        match change.origin {
+            Some(o) => o.to_string(),
             None if change.region == self.region || change.region.is_empty() => {
                 self.config.origin.clone()
             }
-            None => change.region.clone(),
+            None => change.region.to_string(),
         }
     }
 }
@@ -81,23 +81,23 @@ impl Processor for ConflictResolution {
         let mut guard_key = state_key.clone();
         guard_key.push(0);
         guard_key.extend_from_slice(origin.as_bytes());
-        if !ctx.is_newer(&guard_key, &change.position)? {
+        if !ctx.is_newer(&guard_key, change.position)? {
             return Ok(()); // this origin's change was applied already
         }
         let stamp = Stamp {
             hlc: change.hlc.unwrap_or(change.ts_ms << 16),
             origin,
-            position: change.position.clone(),
+            position: change.position.to_string(),
         };
         let mut merged: Merged = ctx.get_state(ROWS, &state_key)?.unwrap_or_default();
         let rules = self.rules(&change.table).clone();
-        let conflicts = match (change.op.as_str(), &change.after) {
+        let conflicts = match (change.op, &change.after) {
             ("d", _) | (_, None) => {
                 merged.delete(&stamp);
                 Vec::new()
             }
             (_, Some(after)) => {
-                let before = change.before.as_ref().map(to_cells);
+                let before = change.before.map(to_cells);
                 merged.write(&rules, &stamp, &to_cells(after), before.as_deref())
             }
         };
@@ -105,7 +105,7 @@ impl Processor for ConflictResolution {
 
         let deleted = merged.is_deleted();
         let merged_row = merged.row();
-        let shape = change.row().cloned().unwrap_or_default();
+        let shape = change.row().unwrap_or_default();
         let after: Vec<(String, Value)> = shape
             .iter()
             .map(|(name, v)| {
@@ -116,7 +116,7 @@ impl Processor for ConflictResolution {
                 )
             })
             .collect();
-        let op = match (deleted, change.op.as_str()) {
+        let op = match (deleted, change.op) {
             (true, _) => "d",
             (false, "d") => "u",
             (false, op) => op,
@@ -199,7 +199,10 @@ impl Processor for ConflictResolution {
                         super::Policy::FieldMerge => Value::Enum(2, "FIELD_MERGE".into()),
                     },
                 ),
-                ("position".into(), Value::String(change.position.clone())),
+                (
+                    "position".into(),
+                    Value::String(change.position.to_string()),
+                ),
             ]);
             ctx.emit(Output {
                 port: Some("audit".into()),

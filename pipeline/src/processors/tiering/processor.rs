@@ -340,10 +340,10 @@ impl Processor for Tiering {
             return Ok(());
         }
         let key = change.key(event)?;
-        let row = change.row().cloned().unwrap_or_default();
+        let row = change.row().unwrap_or_default();
         if change.op == "d" {
             // Deletes may carry only the key columns: the tier comes from state.
-            let state_key = row_key(&change.table, key, &row);
+            let state_key = row_key(&change.table, key, row);
             let previous = ctx.get_state::<Entry>(ROWS, &state_key)?;
             let tiers = match &previous {
                 Some(p) => {
@@ -367,7 +367,7 @@ impl Processor for Tiering {
             ctx.delete(ROWS, &state_key);
             return Ok(());
         }
-        let age_day = match crate::processors::change::column(&row, &age_field) {
+        let age_day = match crate::processors::change::column(row, &age_field) {
             Some(Value::Date(d)) => *d,
             other => {
                 return Err(Rejection::new(
@@ -377,7 +377,7 @@ impl Processor for Tiering {
                 .into())
             }
         };
-        let state_key = row_key(&change.table, key, &row);
+        let state_key = row_key(&change.table, key, row);
         let previous = ctx.get_state::<Entry>(ROWS, &state_key)?;
         if let Some(p) = &previous {
             if let Some(due) = self.next_boundary(p.tier, p.age_day) {
@@ -399,7 +399,7 @@ impl Processor for Tiering {
         if let Some(claim_id) = change
             .table
             .ends_with(".claims")
-            .then(|| claim_id(&row))
+            .then(|| claim_id(row))
             .flatten()
         {
             if let Some(waiting) = ctx.get_state(WAITING, &claim_id.to_be_bytes())? {
@@ -414,7 +414,7 @@ impl Processor for Tiering {
                     tier: p.tier,
                     ..entry.clone()
                 };
-                self.emit_move(ctx, &old, tier, &change.position, "UPDATED", at_ms);
+                self.emit_move(ctx, &old, tier, change.position, "UPDATED", at_ms);
             }
             _ => {
                 self.emit_row(ctx, tier, &entry, &envelope);
