@@ -96,7 +96,7 @@ fn bench(c: &mut Criterion) {
     let store = RocksStore::open(
         dir.path(),
         &store_names(&analysis),
-        &StateMemory::new(64 << 20, 64 << 20, 64 << 20),
+        &StateMemory::new(64 << 20, 64 << 20, 32 << 20),
     )
     .unwrap();
     let mut harness = Harness::with_store(analysis, Box::new(store));

@@ -205,7 +205,7 @@ async fn measure(
         kafka: kafka.clone(),
         codec: codec.clone(),
         metrics: metrics.clone(),
-        state_memory: StateMemory::new(64 << 20, 64 << 20, 64 << 20),
+        state_memory: StateMemory::new(64 << 20, 64 << 20, 32 << 20),
     };
     let started = Instant::now();
     let task = tokio::spawn(run_processor(spec, env, Box::new(Count), stop.clone()));

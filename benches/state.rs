@@ -47,7 +47,7 @@ fn bench(c: &mut Criterion) {
     let store = RocksStore::open(
         dir.path(),
         &store_names(&Count),
-        &StateMemory::new(64 << 20, 64 << 20, 64 << 20),
+        &StateMemory::new(64 << 20, 64 << 20, 32 << 20),
     )
     .unwrap();
     let mut harness = Harness::with_store(Count, Box::new(store));

@@ -215,7 +215,7 @@ pub struct StateSettings {
     pub memtable_size: Size,
     /// Records processors read and wrote lately, kept in memory in front of RocksDB and
     /// shared by every store of the process (0 turns it off).
-    #[serde(default = "default_cache")]
+    #[serde(default = "default_record_cache")]
     pub record_cache_size: Size,
     /// Replication factor of changelog topics.
     #[serde(default = "default_replication")]
@@ -244,6 +244,10 @@ pub const DEFAULT_BATCH_WAIT_MS: u64 = 5;
 
 fn default_cache() -> Size {
     Size(64 << 20)
+}
+
+fn default_record_cache() -> Size {
+    Size(32 << 20)
 }
 
 fn default_replication() -> i16 {
