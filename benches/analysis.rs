@@ -4,6 +4,9 @@
 //!
 //! cargo bench --bench analysis
 //! Goal (issue 7): ≥ 100k claims/s.
+//!
+//! `STRATA_BENCH_RECORD_CACHE_MIB` sets the record cache (`state.record_cache_size`,
+//! default 32; 0 turns it off) to compare runs with and without it.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -89,6 +92,15 @@ fn event<'a>(key: &'a Value, value: &'a Value, offset: i64) -> Event<'a> {
     }
 }
 
+fn record_cache_mib() -> usize {
+    match std::env::var("STRATA_BENCH_RECORD_CACHE_MIB") {
+        Ok(mib) => mib
+            .parse()
+            .expect("STRATA_BENCH_RECORD_CACHE_MIB is a whole number of MiB"),
+        Err(_) => 32,
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let config: ClaimAnalysisConfig = serde_yaml_ng::from_str("{}").unwrap();
     let analysis = ClaimAnalysis::new(config);
@@ -96,7 +108,7 @@ fn bench(c: &mut Criterion) {
     let store = RocksStore::open(
         dir.path(),
         &store_names(&analysis),
-        &StateMemory::new(64 << 20, 64 << 20, 32 << 20),
+        &StateMemory::new(64 << 20, 64 << 20, record_cache_mib() << 20),
     )
     .unwrap();
     let mut harness = Harness::with_store(analysis, Box::new(store));

@@ -78,6 +78,9 @@ pub struct RocksStore {
     /// Held while a write is applied to RocksDB and then to the record cache; counts the
     /// writes applied (see [`super::cache`] for why reads compare it).
     writes: Mutex<u64>,
+    /// Called by a read between RocksDB's answer and the cache fill, to test the race.
+    #[cfg(test)]
+    after_read: Option<fn(&RocksStore)>,
 }
 
 impl RocksStore {
@@ -124,6 +127,8 @@ impl RocksStore {
                 .clone()
                 .map(|r| (r, RecordCache::database_id())),
             writes: Mutex::new(0),
+            #[cfg(test)]
+            after_read: None,
         })
     }
 }
@@ -154,6 +159,10 @@ impl StateStore for RocksStore {
         }
         let writes_before = *self.writes();
         let value = self.db.get_cf(&cf, key).map_err(StateError::Io)?;
+        #[cfg(test)]
+        if let Some(after_read) = self.after_read {
+            after_read(self);
+        }
         if let Some(value) = &value {
             let writes = self.writes();
             if *writes == writes_before {
@@ -312,5 +321,32 @@ mod tests {
             }
             prop_assert!(memory.record_cache_usage() <= 2 << 10);
         });
+    }
+
+    /// A write lands between a read's miss in RocksDB and its filling of the cache: the
+    /// read may return the old value (it read before the write), but must not cache it.
+    #[test]
+    fn a_read_racing_a_write_does_not_cache_the_value_the_write_replaced() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static FIRED: AtomicBool = AtomicBool::new(false);
+        let memory = StateMemory::new(1 << 20, 8 << 20, 1 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RocksStore::open(dir.path(), &["a"], &memory).unwrap();
+        let mut batch = Batch::default();
+        batch.put("a", b"k".to_vec(), b"old".to_vec());
+        store.write(batch).unwrap();
+        store.after_read = Some(|store| {
+            if !FIRED.swap(true, Ordering::SeqCst) {
+                let mut batch = Batch::default();
+                batch.put("a", b"k".to_vec(), b"new".to_vec());
+                store.write(batch).unwrap();
+            }
+        });
+        assert_eq!(store.get("a", b"k").unwrap(), Some(b"old".to_vec()));
+        assert!(
+            FIRED.load(Ordering::SeqCst),
+            "the write ran inside the read"
+        );
+        assert_eq!(store.get("a", b"k").unwrap(), Some(b"new".to_vec()));
     }
 }
