@@ -700,15 +700,13 @@ impl Loop {
                 .await
                 .map_err(RuntimeError::join)??;
             let (memory, gauge) = (&self.env.state_memory, &self.env.metrics.state_memory_bytes);
-            gauge
-                .with_label_values(&["memtables"])
-                .set(memory.memtable_usage() as i64);
-            gauge
-                .with_label_values(&["block_cache"])
-                .set(memory.cache_usage() as i64);
-            gauge
-                .with_label_values(&["record_cache"])
-                .set(memory.record_cache_usage() as i64);
+            for (kind, bytes) in [
+                ("memtables", memory.memtable_usage()),
+                ("block_cache", memory.cache_usage()),
+                ("record_cache", memory.record_cache_usage()),
+            ] {
+                gauge.with_label_values(&[kind]).set(bytes as i64);
+            }
         }
 
         // 4. Consumer offsets.

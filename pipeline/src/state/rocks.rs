@@ -149,14 +149,18 @@ impl RocksStore {
 
 impl StateStore for RocksStore {
     fn get(&self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        let cf = self.cf(store)?;
         let Some((records, database)) = &self.records else {
-            return self.db.get_cf(&cf, key).map_err(StateError::Io);
+            return self
+                .db
+                .get_cf(&self.cf(store)?, key)
+                .map_err(StateError::Io);
         };
         let cache_key = RecordCache::key(*database, store, key);
+        // Only known stores' records are cached, so a hit needs no column family.
         if let Some(value) = records.get(&cache_key) {
             return Ok(Some(value));
         }
+        let cf = self.cf(store)?;
         let writes_before = *self.writes();
         let value = self.db.get_cf(&cf, key).map_err(StateError::Io)?;
         #[cfg(test)]
