@@ -10,6 +10,10 @@
 //! - **commit**: from the commit in PostgreSQL (`event_time_ms`, the commit time the
 //!   source carries) — adds the source's share.
 //!
+//! Per stage, the bench also prints how long the claim's header took from one topic to
+//! the next (each record's Kafka timestamp, set when the stage before produced it): that
+//! shows which hop the time goes to.
+//!
 //! Claims of members without a policy wait up to `coverage_wait` (1 day) for the policy by
 //! design; they are counted as not measured. The first `STRATA_BENCH_WARMUP` seconds
 //! (snapshot, start-up) are left out.
@@ -107,6 +111,16 @@ fn long(value: &Value, name: &str) -> Option<i64> {
     }
 }
 
+/// The topics a claim's header passes through after its CDC topic, each with the Kafka
+/// timestamp the stage before gave it: (label, topic suffix after the run name, whether
+/// the record to time is the claim's analysis rather than its change).
+const HOPS: [(&str, &str, bool); 4] = [
+    ("CDC → conflicts", "conflicts", false),
+    ("conflicts → assembly", "assembly", false),
+    ("assembly → analysis", "analysis", true),
+    ("analysis → tiering.hot", "tiering.hot", true),
+];
+
 /// Per claim: its insert's commit time, when its change reached the CDC topic, and when
 /// the last analysis of that insert reached the hot-tier topic.
 #[derive(Default)]
@@ -114,6 +128,22 @@ struct Claim {
     cdc_ms: Option<i64>,
     commit_ms: Option<i64>,
     analysed_ms: Option<i64>,
+    /// Kafka timestamp of the header's first record in each of [`HOPS`]' topics.
+    hops_ms: [Option<i64>; 4],
+}
+
+impl Claim {
+    /// Milliseconds of each hop, once the claim reached every topic.
+    fn hops(&self) -> Option<[i64; 4]> {
+        let mut previous = self.cdc_ms?;
+        let mut out = [0; 4];
+        for (i, at) in self.hops_ms.iter().enumerate() {
+            let at = (*at)?;
+            out[i] = at - previous;
+            previous = at;
+        }
+        Some(out)
+    }
 }
 
 struct Report {
@@ -122,6 +152,8 @@ struct Report {
     sent: usize,
     processors: Vec<i64>,
     commit: Vec<i64>,
+    /// Sorted milliseconds of each of [`HOPS`].
+    hops: [Vec<i64>; 4],
 }
 
 impl Report {
@@ -139,10 +171,17 @@ impl Report {
             "{:<34} {:>7} {:>7} {:>7} {:>7}",
             "latency (ms)", "p50", "p95", "p99", "max"
         );
+        let hops = HOPS
+            .iter()
+            .zip(&self.hops)
+            .map(|((label, _, _), values)| (*label, values));
         for (label, values) in [
             ("CDC topic → hot-tier analysis", &self.processors),
             ("PG commit → hot-tier analysis", &self.commit),
-        ] {
+        ]
+        .into_iter()
+        .chain(hops)
+        {
             println!(
                 "{label:<34} {:>7} {:>7} {:>7} {:>7}",
                 quantile(values, 0.5),
@@ -151,6 +190,7 @@ impl Report {
                 values.last().copied().unwrap_or(0)
             );
         }
+        println!("(hops: the header's first record in each topic, by Kafka timestamps)");
         println!("goal: p99 < 50 ms through the processors (issue 7)");
     }
 }
@@ -206,9 +246,10 @@ async fn measure(
         .set("fetch.wait.max.ms", "5")
         .create()
         .expect("consumer");
-    consumer
-        .subscribe(&[&cdc_topic, &hot_topic])
-        .expect("subscribe");
+    let hop_topics: Vec<String> = HOPS.iter().map(|(_, t, _)| format!("{run}.{t}")).collect();
+    let mut topics: Vec<&str> = hop_topics.iter().map(String::as_str).collect();
+    topics.push(&cdc_topic);
+    consumer.subscribe(&topics).expect("subscribe");
 
     // Stream once the deployment is ready (snapshot started, components running).
     let ready = format!("http://{listen}/ready");
@@ -254,15 +295,24 @@ async fn measure(
                     continue;
                 };
                 let value = &decoded.value;
+                let timestamp = m.timestamp().to_millis();
+                if let Some(hop) = hop_topics.iter().position(|t| t == m.topic()) {
+                    if let Some(id) = header_of(value, HOPS[hop].2) {
+                        let at = &mut claims.entry(id).or_default().hops_ms[hop];
+                        at.get_or_insert(timestamp.unwrap_or(arrived));
+                    }
+                }
                 if m.topic() == cdc_topic {
                     let insert = record_field(value, "op") == Some(&Value::String("c".into()));
                     let id = record_field(value, "after").and_then(|a| long(a, "claim_id"));
                     if let (true, Some(id)) = (insert, id) {
                         claims.entry(id).or_default().cdc_ms = m.timestamp().to_millis();
                     }
-                } else if let (Some(id), Some(event_ms)) =
-                    (long(value, "claim_id"), long(value, "event_time_ms"))
-                {
+                } else if let (true, Some(id), Some(event_ms)) = (
+                    m.topic() == hot_topic,
+                    long(value, "claim_id"),
+                    long(value, "event_time_ms"),
+                ) {
                     let claim = claims.entry(id).or_default();
                     // Analyses of the insert share its commit time; later ones (status
                     // updates) are not this claim's first way through.
@@ -309,6 +359,15 @@ async fn measure(
         .collect();
     processors.sort_unstable();
     commit.sort_unstable();
+    let mut hops: [Vec<i64>; 4] = Default::default();
+    for claim in &measured {
+        for (i, ms) in claim.hops().into_iter().flatten().enumerate() {
+            hops[i].push(ms);
+        }
+    }
+    for values in &mut hops {
+        values.sort_unstable();
+    }
     if let Ok(mut c) = PgConnection::connect(&url).await {
         let _ = sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1")
             .bind(format!("strata_{run}"))
@@ -321,6 +380,22 @@ async fn measure(
         sent,
         processors,
         commit,
+        hops,
+    }
+}
+
+/// The claim id of a claim's analysis (`analysis`) or of a change of the claims table (not
+/// of its lines).
+fn header_of(value: &Value, analysis: bool) -> Option<i64> {
+    match record_field(value, "source") {
+        None if analysis => long(value, "claim_id"),
+        None => None,
+        Some(_) if analysis => None,
+        Some(source) => {
+            let table = record_field(source, "table")?;
+            let after = record_field(value, "after")?;
+            (matches!(table, Value::String(t) if t == "claims")).then(|| long(after, "claim_id"))?
+        }
     }
 }
 
