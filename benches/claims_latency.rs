@@ -154,6 +154,9 @@ struct Report {
     commit: Vec<i64>,
     /// Sorted milliseconds of each of [`HOPS`].
     hops: [Vec<i64>; 4],
+    /// Per processor, from its metrics at the end: (batches, mean ms processing a batch,
+    /// mean ms committing one).
+    batches: Vec<(String, f64, f64, f64)>,
 }
 
 impl Report {
@@ -191,6 +194,13 @@ impl Report {
             );
         }
         println!("(hops: the header's first record in each topic, by Kafka timestamps)");
+        println!(
+            "{:<34} {:>7} {:>13} {:>13}",
+            "per batch, whole run", "batches", "process (ms)", "commit (ms)"
+        );
+        for (component, batches, process, commit) in &self.batches {
+            println!("{component:<34} {batches:>7.0} {process:>13.1} {commit:>13.1}");
+        }
         println!("goal: p99 < 50 ms through the processors (issue 7)");
     }
 }
@@ -336,6 +346,7 @@ async fn measure(
             panic!("strata run stopped ({status}); see {}", log.display());
         }
     }
+    let batches = batch_times(&format!("http://{listen}/metrics")).await;
     let _ = Command::new("kill")
         .args(["-TERM", &strata.id().to_string()])
         .status();
@@ -381,7 +392,54 @@ async fn measure(
         processors,
         commit,
         hops,
+        batches,
     }
+}
+
+/// Per processor: batches, and mean ms processing and committing one, from the
+/// `processing_seconds` and `commit_seconds` histograms at `metrics_url`.
+async fn batch_times(metrics_url: &str) -> Vec<(String, f64, f64, f64)> {
+    let Ok(text) = reqwest::get(metrics_url)
+        .await
+        .and_then(|r| r.error_for_status())
+    else {
+        return Vec::new();
+    };
+    let Ok(text) = text.text().await else {
+        return Vec::new();
+    };
+    // series name and component → value
+    let mut series: HashMap<(String, String), f64> = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name_labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((name, labels)) = name_labels.split_once('{') else {
+            continue;
+        };
+        let Some(component) = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("component=\""))
+            .and_then(|c| c.split('"').next())
+        else {
+            continue;
+        };
+        if let Ok(v) = value.parse() {
+            series.insert((name.to_string(), component.to_string()), v);
+        }
+    }
+    let get = |name: &str, c: &str| series.get(&(name.to_string(), c.to_string())).copied();
+    ["conflicts", "assembly", "analysis", "tiering"]
+        .iter()
+        .filter_map(|c| {
+            let n = get("strata_processing_seconds_count", c)?;
+            let process = get("strata_processing_seconds_sum", c)? / n.max(1.0) * 1e3;
+            let committed = get("strata_commit_seconds_count", c).unwrap_or(0.0);
+            let commit =
+                get("strata_commit_seconds_sum", c).unwrap_or(0.0) / committed.max(1.0) * 1e3;
+            Some((c.to_string(), n, process, commit))
+        })
+        .collect()
 }
 
 /// The claim id of a claim's analysis (`analysis`) or of a change of the claims table (not

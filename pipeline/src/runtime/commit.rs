@@ -8,11 +8,13 @@
 //!   letters in the producer, after those of every earlier batch. The producer is
 //!   idempotent, so each output partition keeps that order, and the next stage reads
 //!   them without waiting for this stage's changelog or state.
-//! - One committer task takes the sealed batches in order. For each one it awaits the
-//!   outputs' acknowledgements, then sends the changelog and awaits it, then writes local
-//!   state, offsets and checkpoints in one `WriteBatch`, then commits consumer offsets.
-//!   A batch's changelog is never sent before its outputs are acknowledged, and batch
-//!   n's local write comes before batch n+1's changelog.
+//! - One committer task takes the sealed batches in order, together with every batch
+//!   queued behind them (so commits keep pace with processing). For such a group it
+//!   awaits the outputs' acknowledgements, then sends the changelog and awaits it, then
+//!   writes local state, offsets and checkpoints in one `WriteBatch`, then commits
+//!   consumer offsets; the changelog and the write carry each key's last value in the
+//!   group. A batch's changelog is never sent before its outputs are acknowledged, and
+//!   a group's local write comes before the next group's changelog.
 //! - While batches are in flight, processing reads through their changes
 //!   ([`Commits::in_flight`], newest first) before the store: it sees the state as if
 //!   every earlier batch were committed, so the results are the ones a sequential loop
@@ -26,7 +28,7 @@
 //!   committed first ([`Commits::drain`], [`CommitProgress::wait_blocking`]), so a new
 //!   owner never restores a changelog this instance is still appending to.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -281,9 +283,16 @@ impl Committer {
         progress: Arc<CommitProgress>,
     ) -> Result<(), RuntimeError> {
         let stop = |progress: &CommitProgress| progress.committed.send_modify(|c| c.stopped = true);
-        while let Some((seq, batch)) = batches.recv().await {
+        while let Some((mut seq, first)) = batches.recv().await {
+            // Batches that queued up meanwhile commit together: one round of
+            // acknowledgements and one write for all, so commits keep pace with the loop.
             let started = Instant::now();
-            if let Err(e) = self.commit(batch).await {
+            let mut group = vec![first];
+            while let Ok((next_seq, next)) = batches.try_recv() {
+                seq = next_seq;
+                group.push(next);
+            }
+            if let Err(e) = self.commit(group).await {
                 stop(&progress);
                 return Err(e);
             }
@@ -297,18 +306,30 @@ impl Committer {
         Ok(())
     }
 
-    async fn commit(&self, batch: Sealed) -> Result<(), RuntimeError> {
-        let Sealed {
-            overlay,
-            deliveries,
-            consumed,
-        } = batch;
+    /// Commits `group`, consecutive batches in order, as one: the changelog and the local
+    /// write carry each key's last value.
+    async fn commit(&self, group: Vec<Sealed>) -> Result<(), RuntimeError> {
+        let mut overlays = Vec::with_capacity(group.len());
+        let mut deliveries = Vec::new();
+        let mut consumed: HashMap<(String, i32), i64> = HashMap::new();
+        for batch in group {
+            overlays.push(batch.overlay);
+            deliveries.extend(batch.deliveries);
+            for (at, next) in batch.consumed {
+                let offset = consumed.entry(at).or_insert(next);
+                *offset = (*offset).max(next);
+            }
+        }
+        let mut changes: BTreeMap<&(&'static str, Vec<u8>), &Option<Vec<u8>>> = BTreeMap::new();
+        for overlay in &overlays {
+            changes.extend(overlay.iter()); // later batches replace earlier ones
+        }
         // 1. Outputs and dead letters (enqueued by the loop).
         try_join_all(deliveries.into_iter().map(Delivery::acked)).await?;
 
         // 2. Changelog.
         let mut changelog = Vec::new();
-        for ((store, key), value) in overlay.iter() {
+        for ((store, key), value) in &changes {
             if *store == LOCAL {
                 continue;
             }
@@ -336,8 +357,8 @@ impl Committer {
         // 3. Local state, input offsets and checkpoints in one write.
         let mut local = Batch::default();
         local.ops.extend(
-            overlay
-                .iter()
+            changes
+                .into_iter()
                 .map(|((store, key), value)| (store.to_string(), key.clone(), value.clone())),
         );
         for (p, next) in checkpoints {

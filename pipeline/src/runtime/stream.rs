@@ -10,8 +10,8 @@
 //! 4. consumer offsets committed.
 //!
 //! The steps run in a committer task while the loop processes the next batches
-//! ([`super::commit`]): batches still commit one by one in this order, and processing
-//! reads through the changes of those not written yet.
+//! ([`super::commit`]): batches still commit in order, several at once when they queued
+//! up, and processing reads through the changes of those not written yet.
 //!
 //! The brief puts the local write before the changelog. Here it comes after, because the
 //! local store also records which inputs were applied: written first, a crash before the
