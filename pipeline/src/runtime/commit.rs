@@ -19,7 +19,8 @@
 //!   ([`Commits::in_flight`], newest first) before the store: it sees the state as if
 //!   every earlier batch were committed, so the results are the ones a sequential loop
 //!   would give.
-//! - At most [`MAX_IN_FLIGHT`] batches wait; handing off one more waits for room.
+//! - At most [`MAX_IN_FLIGHT`] batches queue for the committer; handing off one more
+//!   waits for room.
 //! - A failed step stops the committer: no later batch writes state or changelog, and
 //!   the loop stops with that error at its next hand-off. Outputs of later batches may
 //!   be in their topics already; the restart re-emits the same records (the processor
@@ -47,7 +48,7 @@ use super::RuntimeError;
 use crate::ops::metrics::Metrics;
 use crate::state::{Batch, RocksStore, StateMemory, StateStore};
 
-/// Batches handed to the committer and not committed yet, at most.
+/// Batches queued for the committer, at most, besides the group it is committing.
 pub(super) const MAX_IN_FLIGHT: usize = 4;
 
 /// A processed batch whose outputs are enqueued: what is left to commit.

@@ -23,9 +23,11 @@
 //! partition, its state is caught up from the changelog and input offsets already
 //! applied are skipped. Inputs must be co-partitioned (same partition count, same key →
 //! same partition); outputs go to the input's partition number, so the next stage sees
-//! each key in order. Kafka transactions are not used (the test broker has none): after
-//! a rebalance, an instance that lost a partition may finish its last batch while the new
-//! owner starts; both compute the same records from the same inputs.
+//! each key in order. An instance giving up partitions in a rebalance first commits its
+//! batches in flight (for up to 30 s), so the new owner restores all of them. Kafka
+//! transactions are not used (the test broker has none): an instance cut off from the
+//! group without a rebalance may still finish a batch while the new owner starts; both
+//! compute the same records from the same inputs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
