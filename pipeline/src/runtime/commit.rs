@@ -4,13 +4,16 @@
 //! Every batch goes through the commit steps of [`super::stream`] in their order; what
 //! this module adds is that batch n+1 is processed while batch n waits for its
 //! acknowledgements, so a record does not wait for the commit of the batch before it:
-//! - As soon as the loop has processed a batch it enqueues the batch's outputs and dead
-//!   letters in the producer, after those of every earlier batch. The producer is
-//!   idempotent, so each output partition keeps that order, and the next stage reads
-//!   them without waiting for this stage's changelog or state.
+//! - As soon as the loop has processed a batch it sends the batch's outputs and dead
+//!   letters and waits for their acknowledgement, then hands the batch to the committer.
+//!   The next stage reads them without waiting for this stage's changelog or state.
+//!   The next batch's outputs are sent only after these are acknowledged: when a
+//!   delivery fails (a broker restart that loses the idempotent producer's state, say)
+//!   the producer may drop those records yet deliver the ones after them, and the
+//!   restart would then write the dropped ones after later ones, out of order.
 //! - One committer task takes the sealed batches in order, together with every batch
 //!   queued behind them (so commits keep pace with processing). For such a group it
-//!   awaits the outputs' acknowledgements, then sends the changelog and awaits it, then
+//!   sends the changelog and awaits it, then
 //!   writes local state, offsets and checkpoints in one `WriteBatch`, then commits
 //!   consumer offsets; the changelog and the write carry each key's last value in the
 //!   group. A batch's changelog is never sent before its outputs are acknowledged, and
@@ -51,11 +54,9 @@ use crate::state::{Batch, RocksStore, StateMemory, StateStore};
 /// Batches queued for the committer, at most, besides the group it is committing.
 pub(super) const MAX_IN_FLIGHT: usize = 4;
 
-/// A processed batch whose outputs are enqueued: what is left to commit.
+/// A processed batch whose outputs are acknowledged: what is left to commit.
 pub(super) struct Sealed {
     pub overlay: Arc<Overlay>,
-    /// Outputs and dead letters, in the order they were enqueued.
-    pub deliveries: Vec<Delivery>,
     /// (topic, partition) → next offset, for the consumer commit.
     pub consumed: HashMap<(String, i32), i64>,
 }
@@ -68,7 +69,7 @@ pub(super) struct Delivery {
 
 impl Delivery {
     /// (partition, offset) once the broker acknowledged the record.
-    async fn acked(self) -> Result<(i32, i64), RuntimeError> {
+    pub async fn acked(self) -> Result<(i32, i64), RuntimeError> {
         let failed = |source| RuntimeError::KafkaIo {
             what: format!("writing to {}", self.topic),
             source,
@@ -311,11 +312,9 @@ impl Committer {
     /// write carry each key's last value.
     async fn commit(&self, group: Vec<Sealed>) -> Result<(), RuntimeError> {
         let mut overlays = Vec::with_capacity(group.len());
-        let mut deliveries = Vec::new();
         let mut consumed: HashMap<(String, i32), i64> = HashMap::new();
         for batch in group {
             overlays.push(batch.overlay);
-            deliveries.extend(batch.deliveries);
             for (at, next) in batch.consumed {
                 let offset = consumed.entry(at).or_insert(next);
                 *offset = (*offset).max(next);
@@ -325,9 +324,7 @@ impl Committer {
         for overlay in &overlays {
             changes.extend(overlay.iter()); // later batches replace earlier ones
         }
-        // 1. Outputs and dead letters (enqueued by the loop).
-        try_join_all(deliveries.into_iter().map(Delivery::acked)).await?;
-
+        // 1. Outputs and dead letters: acknowledged before the loop handed the batch over.
         // 2. Changelog.
         let mut changelog = Vec::new();
         for ((store, key), value) in &changes {

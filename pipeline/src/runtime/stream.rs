@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
+use futures::future::try_join_all;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -43,7 +44,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Message};
 
 use super::changelog;
-use super::commit::{enqueue, CommitProgress, Commits, Committer, Sealed};
+use super::commit::{enqueue, CommitProgress, Commits, Committer, Delivery, Sealed};
 use super::dead_letter::{Letter, Stage};
 use super::processor::{
     parse_timer_key, partition_key, timer_key, Context, Event, Output, OutputSchema, Overlay,
@@ -686,8 +687,8 @@ impl Loop {
         Ok(writer)
     }
 
-    /// Encodes the batch's outputs and dead letters and enqueues them in the producer,
-    /// after every earlier batch's: what is left is for the committer.
+    /// Encodes the batch's outputs and dead letters, sends them and waits for their
+    /// acknowledgement: what is left is for the committer.
     async fn seal(&mut self, pending: Pending) -> Result<Sealed, RuntimeError> {
         let Pending {
             overlay,
@@ -775,9 +776,9 @@ impl Loop {
             );
             dl_counter.inc();
         }
+        try_join_all(deliveries.into_iter().map(Delivery::acked)).await?;
         Ok(Sealed {
             overlay: Arc::new(overlay),
-            deliveries,
             consumed,
         })
     }
