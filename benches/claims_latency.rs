@@ -35,6 +35,7 @@ use apache_avro::types::Value;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use sqlx::{Connection, PgConnection};
+use strata::bench::Scrape;
 use strata_pipeline::avro::Codec;
 use strata_pipeline::kafka::client_config;
 use strata_pipeline::runtime::processor::record_field;
@@ -316,7 +317,7 @@ async fn measure(
                     let insert = record_field(value, "op") == Some(&Value::String("c".into()));
                     let id = record_field(value, "after").and_then(|a| long(a, "claim_id"));
                     if let (true, Some(id)) = (insert, id) {
-                        claims.entry(id).or_default().cdc_ms = m.timestamp().to_millis();
+                        claims.entry(id).or_default().cdc_ms = timestamp;
                     }
                 } else if let (true, Some(id), Some(event_ms)) = (
                     m.topic() == hot_topic,
@@ -346,7 +347,7 @@ async fn measure(
             panic!("strata run stopped ({status}); see {}", log.display());
         }
     }
-    let batches = batch_times(&format!("http://{listen}/metrics")).await;
+    let batches = batch_times(&listen).await;
     let _ = Command::new("kill")
         .args(["-TERM", &strata.id().to_string()])
         .status();
@@ -397,44 +398,21 @@ async fn measure(
 }
 
 /// Per processor: batches, and mean ms processing and committing one, from the
-/// `processing_seconds` histogram at `metrics_url`.
-async fn batch_times(metrics_url: &str) -> Vec<(String, f64, f64)> {
-    let Ok(text) = reqwest::get(metrics_url)
-        .await
-        .and_then(|r| r.error_for_status())
-    else {
-        return Vec::new();
-    };
-    let Ok(text) = text.text().await else {
-        return Vec::new();
-    };
-    // series name and component → value
-    let mut series: HashMap<(String, String), f64> = HashMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name_labels, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Some((name, labels)) = name_labels.split_once('{') else {
-            continue;
-        };
-        let Some(component) = labels
-            .split(',')
-            .find_map(|l| l.strip_prefix("component=\""))
-            .and_then(|c| c.split('"').next())
-        else {
-            continue;
-        };
-        if let Ok(v) = value.parse() {
-            series.insert((name.to_string(), component.to_string()), v);
+/// `processing_seconds` histogram of the deployment listening on `listen`.
+async fn batch_times(listen: &str) -> Vec<(String, f64, f64)> {
+    let scrape = match Scrape::fetch(listen).await {
+        Ok(scrape) => scrape,
+        Err(e) => {
+            eprintln!("[bench] no batch times: {e}");
+            return Vec::new();
         }
-    }
-    let get = |name: &str, c: &str| series.get(&(name.to_string(), c.to_string())).copied();
+    };
     ["conflicts", "assembly", "analysis", "tiering"]
         .iter()
         .filter_map(|c| {
-            let n = get("strata_processing_seconds_count", c)?;
-            let process = get("strata_processing_seconds_sum", c)? / n.max(1.0) * 1e3;
-            Some((c.to_string(), n, process))
+            let n = scrape.sum("strata_processing_seconds_count", Some(c));
+            let seconds = scrape.sum("strata_processing_seconds_sum", Some(c));
+            (n > 0.0).then(|| (c.to_string(), n, seconds / n * 1e3))
         })
         .collect()
 }
@@ -442,15 +420,14 @@ async fn batch_times(metrics_url: &str) -> Vec<(String, f64, f64)> {
 /// The claim id of a claim's analysis (`analysis`) or of a change of the claims table (not
 /// of its lines).
 fn header_of(value: &Value, analysis: bool) -> Option<i64> {
-    match record_field(value, "source") {
-        None if analysis => long(value, "claim_id"),
-        None => None,
-        Some(_) if analysis => None,
-        Some(source) => {
+    match (record_field(value, "source"), analysis) {
+        (None, true) => long(value, "claim_id"),
+        (Some(source), false) => {
             let table = record_field(source, "table")?;
             let after = record_field(value, "after")?;
             (matches!(table, Value::String(t) if t == "claims")).then(|| long(after, "claim_id"))?
         }
+        _ => None,
     }
 }
 

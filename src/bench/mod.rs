@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use probe::recvlogical;
+pub use probe::{recvlogical, Scrape};
 pub use scenarios::{fresh_db, Scenario};
 
 /// What a run measures and against which services.
