@@ -4,6 +4,7 @@
 //! Processors run on [`stream::run_processor`]; their contract is in [`processor`].
 
 mod changelog;
+mod commit;
 mod dead_letter;
 pub mod harness;
 pub mod processor;
