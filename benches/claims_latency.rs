@@ -155,9 +155,9 @@ struct Report {
     commit: Vec<i64>,
     /// Sorted milliseconds of each of [`HOPS`].
     hops: [Vec<i64>; 4],
-    /// Per processor, from its metrics at the end: (batches, mean ms processing a batch,
-    /// mean ms committing a group of them).
-    batches: Vec<(String, f64, f64, f64)>,
+    /// Per processor, from its metrics at the end: (batches, mean ms processing and
+    /// committing a batch).
+    batches: Vec<(String, f64, f64)>,
 }
 
 impl Report {
@@ -196,11 +196,11 @@ impl Report {
         }
         println!("(hops: the header's first record in each topic, by Kafka timestamps)");
         println!(
-            "{:<34} {:>7} {:>13} {:>13}",
-            "per batch, whole run", "batches", "process (ms)", "commit (ms)"
+            "{:<34} {:>7} {:>13}",
+            "per batch, whole run", "batches", "cycle (ms)"
         );
-        for (component, batches, process, commit) in &self.batches {
-            println!("{component:<34} {batches:>7.0} {process:>13.1} {commit:>13.1}");
+        for (component, batches, process) in &self.batches {
+            println!("{component:<34} {batches:>7.0} {process:>13.1}");
         }
         println!("goal: p99 < 50 ms through the processors (issue 7)");
     }
@@ -398,9 +398,8 @@ async fn measure(
 }
 
 /// Per processor: batches, and mean ms processing and committing one, from the
-/// `processing_seconds` and `commit_seconds` histograms of the deployment listening on
-/// `listen`.
-async fn batch_times(listen: &str) -> Vec<(String, f64, f64, f64)> {
+/// `processing_seconds` histogram of the deployment listening on `listen`.
+async fn batch_times(listen: &str) -> Vec<(String, f64, f64)> {
     let scrape = match Scrape::fetch(listen).await {
         Ok(scrape) => scrape,
         Err(e) => {
@@ -413,9 +412,7 @@ async fn batch_times(listen: &str) -> Vec<(String, f64, f64, f64)> {
         .filter_map(|c| {
             let n = scrape.sum("strata_processing_seconds_count", Some(c));
             let seconds = scrape.sum("strata_processing_seconds_sum", Some(c));
-            let commits = scrape.sum("strata_commit_seconds_count", Some(c));
-            let commit = scrape.sum("strata_commit_seconds_sum", Some(c)) / commits.max(1.0);
-            (n > 0.0).then(|| (c.to_string(), n, seconds / n * 1e3, commit * 1e3))
+            (n > 0.0).then(|| (c.to_string(), n, seconds / n * 1e3))
         })
         .collect()
 }

@@ -16,7 +16,6 @@ pub struct Metrics {
     pub source_restarts: IntCounterVec,
     pub component_restarts: IntCounterVec,
     pub processing_seconds: HistogramVec,
-    pub commit_seconds: HistogramVec,
     pub consumer_lag: IntGaugeVec,
     pub replication_lag_bytes: IntGaugeVec,
     pub slot_retained_wal_bytes: IntGaugeVec,
@@ -101,11 +100,7 @@ impl Metrics {
             ),
             processing_seconds: histogram(
                 "processing_seconds",
-                "Time to process one batch of events and hand it to the committer",
-            ),
-            commit_seconds: histogram(
-                "commit_seconds",
-                "Time to commit one processor batch: its outputs acknowledged, then its changelog, state and offsets written",
+                "Time to process one batch of events",
             ),
             consumer_lag: gauge(
                 "consumer_lag",

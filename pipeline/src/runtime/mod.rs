@@ -4,7 +4,6 @@
 //! Processors run on [`stream::run_processor`]; their contract is in [`processor`].
 
 mod changelog;
-mod commit;
 mod dead_letter;
 pub mod harness;
 pub mod processor;

@@ -193,8 +193,6 @@ pub struct Context<'a> {
     pub(crate) store: &'a dyn StateStore,
     /// Changes of earlier events of the current batch.
     pub(crate) batch: &'a Overlay,
-    /// Changes of earlier batches not written to `store` yet, newest first.
-    pub(crate) in_flight: &'a [Arc<Overlay>],
     /// Changes of this call; merged into the batch only when the call succeeds.
     pub(crate) scratch: Overlay,
     pub(crate) outputs: Vec<Output>,
@@ -212,18 +210,10 @@ impl<'a> Context<'a> {
             partition,
             store,
             batch,
-            in_flight: &[],
             scratch: Overlay::new(),
             outputs: Vec::new(),
             watermark_ms,
         }
-    }
-
-    /// Shows the changes of `in_flight` batches (newest first) over the store: batches
-    /// handed to the committer whose local write has not happened yet.
-    pub(crate) fn over_in_flight(mut self, in_flight: &'a [Arc<Overlay>]) -> Self {
-        self.in_flight = in_flight;
-        self
     }
 
     /// The partition whose state this context shows.
@@ -238,13 +228,8 @@ impl<'a> Context<'a> {
 
     pub fn get(&self, store: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         let full = (store, partition_key(self.partition, key));
-        let layers = [&self.scratch, self.batch]
-            .into_iter()
-            .chain(self.in_flight.iter().map(Arc::as_ref));
-        for layer in layers {
-            if let Some(v) = layer.get(&full) {
-                return Ok(v.clone());
-            }
+        if let Some(v) = self.scratch.get(&full).or_else(|| self.batch.get(&full)) {
+            return Ok(v.clone());
         }
         self.store.get(store, &full.1)
     }
@@ -289,14 +274,7 @@ impl<'a> Context<'a> {
             .into_iter()
             .map(|(k, v)| (k, Some(v)))
             .collect();
-        // Oldest first, so newer changes replace older ones.
-        let layers = self
-            .in_flight
-            .iter()
-            .rev()
-            .map(Arc::as_ref)
-            .chain([self.batch, &self.scratch]);
-        for overlay in layers {
+        for overlay in [self.batch, &self.scratch] {
             let from = (store, start.clone());
             for ((s, k), v) in overlay.range(from..) {
                 if *s != store || !k.starts_with(&start) {
@@ -404,39 +382,6 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, vec![b"k1".to_vec(), b"k3".to_vec()]);
-    }
-
-    #[test]
-    fn context_reads_through_in_flight_batches_newest_first() {
-        let store = MemoryStore::new(&["s"]);
-        let mut stored = Batch::default();
-        stored.put("s", partition_key(0, b"a"), b"stored".to_vec());
-        stored.put("s", partition_key(0, b"b"), b"stored".to_vec());
-        store.write(stored).unwrap();
-        let older: Overlay = [
-            (("s", partition_key(0, b"a")), Some(b"older".to_vec())),
-            (("s", partition_key(0, b"b")), None),
-            (("s", partition_key(0, b"c")), Some(b"older".to_vec())),
-        ]
-        .into();
-        let newer: Overlay = [(("s", partition_key(0, b"a")), Some(b"newer".to_vec()))].into();
-        let in_flight = [Arc::new(newer), Arc::new(older)];
-        let batch = Overlay::new();
-        let ctx = Context::new(0, &store, &batch, 0).over_in_flight(&in_flight);
-        assert_eq!(ctx.get("s", b"a").unwrap(), Some(b"newer".to_vec()));
-        assert_eq!(
-            ctx.get("s", b"b").unwrap(),
-            None,
-            "an in-flight delete hides it"
-        );
-        let scanned = ctx.scan_prefix("s", b"").unwrap();
-        assert_eq!(
-            scanned,
-            vec![
-                (b"a".to_vec(), b"newer".to_vec()),
-                (b"c".to_vec(), b"older".to_vec())
-            ]
-        );
     }
 
     #[test]
