@@ -6,8 +6,8 @@
 //! Goal (issue 7): ≥ 100k claims/s.
 //!
 //! Before measuring, it analyses `STRATA_BENCH_HISTORY_CLAIMS` claims (default 300,000),
-//! so that state is past the caches and the figure does not depend on criterion's run
-//! length.
+//! so that state is past the caches, as in a deployment that has run a while. The figure
+//! still falls as state grows: compare runs of the same length.
 //!
 //! `STRATA_BENCH_RECORD_CACHE_MIB` sets the record cache (`state.record_cache_size`,
 //! default 32; 0 turns it off) to compare runs with and without it.
@@ -101,23 +101,32 @@ fn event<'a>(key: &'a Value, value: &'a Value, offset: i64) -> Event<'a> {
     }
 }
 
-fn record_cache_mib() -> usize {
-    match std::env::var("STRATA_BENCH_RECORD_CACHE_MIB") {
-        Ok(mib) => mib
+/// The whole number in environment variable `name`, else `default`.
+fn env_number(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(n) => n
             .parse()
-            .expect("STRATA_BENCH_RECORD_CACHE_MIB is a whole number of MiB"),
-        Err(_) => 32,
+            .unwrap_or_else(|_| panic!("{name} is a whole number, not {n:?}")),
+        Err(_) => default,
     }
 }
 
-/// Claims analysed before the measurement (`STRATA_BENCH_HISTORY_CLAIMS`).
-fn history_claims() -> usize {
-    match std::env::var("STRATA_BENCH_HISTORY_CLAIMS") {
-        Ok(n) => n
-            .parse()
-            .expect("STRATA_BENCH_HISTORY_CLAIMS is a whole number of claims"),
-        Err(_) => 300_000,
-    }
+/// The next [`CLAIMS_PER_BATCH`] claims from `next_claim` on, which it moves past.
+fn claim_batch(next_claim: &mut i64) -> Vec<(Value, Value)> {
+    let events = (0..CLAIMS_PER_BATCH as i64)
+        .flat_map(|i| claim_events(*next_claim + i))
+        .collect();
+    *next_claim += CLAIMS_PER_BATCH as i64;
+    events
+}
+
+/// `pairs` as the events of one input batch.
+fn batch_of(pairs: &[(Value, Value)]) -> Vec<Event<'_>> {
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (k, v))| event(k, v, i as i64))
+        .collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -127,7 +136,11 @@ fn bench(c: &mut Criterion) {
     let store = RocksStore::open(
         dir.path(),
         &store_names(&analysis),
-        &StateMemory::new(64 << 20, 64 << 20, record_cache_mib() << 20),
+        &StateMemory::new(
+            64 << 20,
+            64 << 20,
+            env_number("STRATA_BENCH_RECORD_CACHE_MIB", 32) << 20,
+        ),
     )
     .unwrap();
     let mut harness = Harness::with_store(analysis, Box::new(store));
@@ -148,26 +161,17 @@ fn bench(c: &mut Criterion) {
             )
         })
         .collect();
-    for chunk in policies.chunks(1000) {
-        let events: Vec<Event<'_>> = chunk.iter().map(|(k, v)| event(k, v, 0)).collect();
-        harness.feed_batch(&events).unwrap();
+    for chunk in policies.chunks(CLAIMS_PER_BATCH) {
+        harness.feed_batch(&batch_of(chunk)).unwrap();
     }
 
-    // State of this size before the measurement starts, so the figure does not depend
-    // on how long criterion runs: reads slow down as state outgrows the caches.
+    // History before the measurement: reads slow down as state outgrows the caches.
     let mut next_claim = 1_000_000i64;
-    let history = history_claims();
+    let history = env_number("STRATA_BENCH_HISTORY_CLAIMS", 300_000);
     for _ in 0..history / CLAIMS_PER_BATCH {
-        let events: Vec<(Value, Value)> = (0..CLAIMS_PER_BATCH as i64)
-            .flat_map(|i| claim_events(next_claim + i))
-            .collect();
-        next_claim += CLAIMS_PER_BATCH as i64;
-        let batch: Vec<Event<'_>> = events
-            .iter()
-            .enumerate()
-            .map(|(i, (k, v))| event(k, v, i as i64))
-            .collect();
-        harness.feed_batch(&batch).unwrap();
+        harness
+            .feed_batch(&batch_of(&claim_batch(&mut next_claim)))
+            .unwrap();
     }
     let mut group = c.benchmark_group("claim_analysis");
     group.throughput(Throughput::Elements(CLAIMS_PER_BATCH as u64));
@@ -175,21 +179,8 @@ fn bench(c: &mut Criterion) {
         // The events are built and dropped outside the timed routine: decoding records
         // is the consumer's work, not analysis'.
         b.iter_batched_ref(
-            || {
-                let events: Vec<(Value, Value)> = (0..CLAIMS_PER_BATCH as i64)
-                    .flat_map(|i| claim_events(next_claim + i))
-                    .collect();
-                next_claim += CLAIMS_PER_BATCH as i64;
-                events
-            },
-            |events| {
-                let batch: Vec<Event<'_>> = events
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (k, v))| event(k, v, i as i64))
-                    .collect();
-                harness.feed_batch(&batch).unwrap()
-            },
+            || claim_batch(&mut next_claim),
+            |events| harness.feed_batch(&batch_of(events)).unwrap(),
             BatchSize::PerIteration,
         )
     });

@@ -4,7 +4,7 @@
 //! Commit order of each batch (a crash between any two steps re-runs the batch from the
 //! committed state and converges on the same result):
 //! 1. outputs and dead letters produced and acknowledged;
-//! 2. state changes appended to the changelog and acknowledged;
+//! 2. state changes appended to the changelog, the input offsets last, and acknowledged;
 //! 3. state changes, input offsets and the changelog checkpoint written locally in one
 //!    RocksDB `WriteBatch`;
 //! 4. consumer offsets committed.
@@ -662,9 +662,16 @@ impl Loop {
         }
         try_join_all(sends).await?;
 
-        // 2. Changelog.
+        // 2. Changelog, the input offsets (PROGRESS) last: a restore applies every record
+        // the changelog holds, and records of one partition land in the order sent, so
+        // offsets that landed never come without the changes they cover. (Their store
+        // name sorts first, so the overlay's own order would send them first.)
         let mut changelog_sends = Vec::new();
-        for ((store, key), value) in &overlay {
+        let progress_last = overlay
+            .iter()
+            .filter(|((store, _), _)| *store != PROGRESS)
+            .chain(overlay.iter().filter(|((store, _), _)| *store == PROGRESS));
+        for ((store, key), value) in progress_last {
             if *store == LOCAL {
                 continue;
             }
