@@ -663,9 +663,11 @@ impl Loop {
         try_join_all(sends).await?;
 
         // 2. Changelog, the input offsets (PROGRESS) last: a restore applies every record
-        // the changelog holds, and records of one partition land in the order sent, so
-        // offsets that landed never come without the changes they cover. (Their store
-        // name sorts first, so the overlay's own order would send them first.)
+        // the changelog holds, and records of one partition land in the order sent, so a
+        // changelog cut short (a crash mid-send) holds no offsets without the changes
+        // they cover. A failed send that the idempotent producer follows with later
+        // records can still leave a gap. (The offsets' store name sorts first, so the
+        // overlay's own order would send them first.)
         let mut changelog_sends = Vec::new();
         let progress_last = overlay
             .iter()
