@@ -386,16 +386,11 @@ async fn replay_reproduces_live_results_and_applies_new_settings() {
     assert_eq!(leftover, 0, "refused replays wrote nothing");
 
     drop(live);
-    // The walsender of the stopped deployment lets go of the slot a moment later.
     let slot = format!("strata_{}", deployment.region);
-    support::wait_for("the live slot released", Duration::from_secs(60), || {
-        support::slot_released(url.clone(), slot.clone())
-    })
-    .await;
-    sqlx::query("SELECT pg_drop_replication_slot($1)")
-        .bind(&slot)
-        .execute(&mut db)
-        .await
-        .unwrap();
+    assert_eq!(
+        support::drop_slot_when_released(&mut db, &url, &slot).await,
+        1,
+        "the live deployment's slot {slot} existed"
+    );
     registry.shutdown().await;
 }

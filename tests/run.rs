@@ -83,17 +83,7 @@ impl Deployment {
     }
 
     async fn finish(mut self) {
-        support::wait_for("the slot to be released", Duration::from_secs(60), || {
-            support::slot_released(self.db_url.clone(), self.slot.clone())
-        })
-        .await;
-        sqlx::query(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-        )
-        .bind(&self.slot)
-        .execute(&mut self.db)
-        .await
-        .unwrap();
+        support::drop_slot_when_released(&mut self.db, &self.db_url, &self.slot).await;
         self.registry.shutdown().await;
     }
 }

@@ -183,6 +183,25 @@ pub async fn slot_released(url: String, slot: String) -> Option<()> {
     (slot_activity(&url, &slot).await? != Some(true)).then_some(())
 }
 
+/// Waits (60 s at most) until no process holds replication slot `slot`, then drops it if
+/// it exists; returns the number of slots dropped. The walsender of a stopped
+/// deployment lets go of its slot a moment after the process is gone, and dropping an
+/// active slot fails.
+pub async fn drop_slot_when_released(db: &mut sqlx::PgConnection, url: &str, slot: &str) -> u64 {
+    wait_for("the slot to be released", Duration::from_secs(60), || {
+        slot_released(url.to_string(), slot.to_string())
+    })
+    .await;
+    sqlx::query(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .execute(db)
+    .await
+    .expect("drop the replication slot")
+    .rows_affected()
+}
+
 /// A child process killed (and reaped) when dropped, so a failing test leaves no
 /// `strata` running behind it.
 pub struct KillOnDrop(pub std::process::Child);

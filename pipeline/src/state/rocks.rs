@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
-    WriteBufferManager, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteBufferManager, DB,
 };
 
 use super::cache::RecordCache;
@@ -201,19 +201,10 @@ impl StateStore for RocksStore {
     }
 
     fn scan_prefix(&self, store: &str, prefix: &[u8]) -> Result<Vec<Entry>, StateError> {
-        let cf = self.cf(store)?;
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(&cf, IteratorMode::From(prefix, Direction::Forward))
-        {
-            let (k, v) = item.map_err(StateError::Io)?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            out.push((k.to_vec(), v.to_vec()));
+        match prefix_end(prefix) {
+            Some(end) => self.scan_range(store, prefix, &end, usize::MAX),
+            None => self.scan_from(store, prefix, None, usize::MAX, |k| k.starts_with(prefix)),
         }
-        Ok(out)
     }
 
     fn scan_range(
@@ -223,14 +214,39 @@ impl StateStore for RocksStore {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<Entry>, StateError> {
+        self.scan_from(store, start, Some(end), limit, |_| true)
+    }
+}
+
+impl RocksStore {
+    /// Up to `limit` entries from `start` on, below `end`, while `keep` holds.
+    ///
+    /// `end` is RocksDB's iterate upper bound, not only a check on each key: deleted
+    /// keys stay in memtables and files as tombstones until compaction, and a seek skips
+    /// every tombstone it meets until a live key. Without the bound a scan that finds
+    /// nothing live in its range (a claim's waiting lines, all released; timers, all
+    /// fired) walks on through the tombstones of every key after it, which made each
+    /// such scan cost more the longer a deployment ran.
+    fn scan_from(
+        &self,
+        store: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<Entry>, StateError> {
         let cf = self.cf(store)?;
+        let mut options = ReadOptions::default();
+        if let Some(end) = end {
+            options.set_iterate_upper_bound(end);
+        }
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(&cf, IteratorMode::From(start, Direction::Forward))
+        for item in
+            self.db
+                .iterator_cf_opt(&cf, options, IteratorMode::From(start, Direction::Forward))
         {
             let (k, v) = item.map_err(StateError::Io)?;
-            if out.len() >= limit || &*k >= end {
+            if out.len() >= limit || !keep(&k) {
                 break;
             }
             out.push((k.to_vec(), v.to_vec()));
@@ -239,9 +255,57 @@ impl StateStore for RocksStore {
     }
 }
 
+/// The least key after every key that starts with `prefix`, or `None` when there is
+/// none (the prefix is empty or all 0xff).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|b| *b != 0xff)?;
+    let mut end = prefix[..=last].to_vec();
+    end[last] += 1;
+    Some(end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_ends_at_its_successor() {
+        assert_eq!(prefix_end(b"\x00\x01"), Some(b"\x00\x02".to_vec()));
+        assert_eq!(prefix_end(b"\x01\xff\xff"), Some(b"\x02".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn scans_of_prefixes_ending_in_0xff_and_of_ranges_keep_to_their_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = StateMemory::new(1 << 20, 1 << 20, 1 << 20);
+        let store = RocksStore::open(dir.path(), &["s"], &memory).unwrap();
+        let mut batch = Batch::default();
+        for key in [
+            &b"\x01\xfe"[..],
+            b"\x01\xff",
+            b"\x01\xff\x00",
+            b"\x02",
+            b"\xff\xff\x01",
+        ] {
+            batch.put("s", key.to_vec(), b"v".to_vec());
+        }
+        store.write(batch).unwrap();
+        let keys = |entries: Vec<Entry>| entries.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(store.scan_prefix("s", b"\x01\xff").unwrap()),
+            vec![b"\x01\xff".to_vec(), b"\x01\xff\x00".to_vec()]
+        );
+        assert_eq!(
+            keys(store.scan_prefix("s", b"\xff\xff").unwrap()),
+            vec![b"\xff\xff\x01".to_vec()]
+        );
+        assert_eq!(
+            keys(store.scan_range("s", b"\x01\xff", b"\x02", 10).unwrap()),
+            vec![b"\x01\xff".to_vec(), b"\x01\xff\x00".to_vec()]
+        );
+    }
 
     #[test]
     fn databases_sharing_a_budget_flush_before_their_own_memtables_fill() {
