@@ -128,6 +128,14 @@ start_broker() {
   wait_for "broker (127.0.0.1:$KAFKA_PORT)" 30 port_open "$KAFKA_PORT" || die "tansu did not start; see $TANSU_DIR/tansu.log"
 }
 
+# Waits (15 s at most) until nothing listens on port $1 any more: a process can still
+# hold its port a moment after the one in the pid file is gone.
+wait_port_closed() {
+  local deadline=$((SECONDS + 15))
+  while port_open "$1" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+  if port_open "$1"; then die "something still listens on 127.0.0.1:$1; stop it, then try again"; fi
+}
+
 stop_pidfile() {
   local name="$1" pidfile="$RUN_DIR/$1.pid"
   if pid_alive "$pidfile"; then
@@ -184,6 +192,7 @@ case "${1:-start}" in
     ;;
   restart-broker)
     stop_pidfile tansu
+    wait_port_closed "$KAFKA_PORT"
     start_broker
     ;;
   reset-broker)
@@ -191,6 +200,7 @@ case "${1:-start}" in
     # quickstart runs that pass can keep it from answering for minutes. This starts it
     # empty (every topic is gone; registry, database and state directories are kept).
     stop_pidfile tansu
+    wait_port_closed "$KAFKA_PORT"
     rm -f "$TANSU_DIR"/tansu.db*
     start_broker
     ;;

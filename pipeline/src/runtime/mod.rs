@@ -10,6 +10,7 @@ pub mod processor;
 pub mod sink;
 pub mod source;
 pub mod stream;
+mod timers;
 pub mod window;
 
 pub use processor::{

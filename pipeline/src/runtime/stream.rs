@@ -43,7 +43,7 @@ use super::processor::{
     parse_timer_key, partition_key, timer_key, Context, Event, Output, OutputSchema, Overlay,
     ProcessError, Processor, LOCAL, POSITIONS, PROGRESS, TIMERS,
 };
-use super::RuntimeError;
+use super::{timers, RuntimeError};
 use crate::avro::{Codec, CodecError, Writer};
 use crate::kafka::{self, TopicSpec};
 use crate::ops::metrics::Metrics;
@@ -121,6 +121,12 @@ impl ConsumerContext for RebalanceTracker {
 /// What the loop knows about a partition it owns.
 struct Task {
     watermark_ms: i64,
+    /// Every timer of the partition in the store that has not fired has a key at or
+    /// after this one; timers of the pending batch are read from its overlay instead.
+    /// Fired timers are deleted, and their tombstones stay in RocksDB until compaction:
+    /// a read of due timers from the first possible key would step over all of them on
+    /// every watermark advance.
+    timers_from: Vec<u8>,
     /// Next offset to apply, per input topic.
     next_offsets: HashMap<String, i64>,
 }
@@ -381,6 +387,7 @@ impl Loop {
             p,
             Task {
                 watermark_ms: watermark,
+                timers_from: timer_key(p, i64::MIN, b""),
                 next_offsets,
             },
         );
@@ -506,7 +513,20 @@ impl Loop {
                 self.advance_watermark(p, event_time, &mut pending)?;
             }
         }
+        self.lower_timer_floors(&pending.overlay);
         Ok(pending)
+    }
+
+    /// A timer the batch set below its partition's `timers_from` (due at or before the
+    /// watermark, after the last advance) fires at the next advance: read from there.
+    fn lower_timer_floors(&mut self, overlay: &Overlay) {
+        for (p, first) in timers::first_set(overlay) {
+            if let Some(task) = self.tasks.get_mut(&p) {
+                if first < task.timers_from.as_slice() {
+                    task.timers_from = first.to_vec();
+                }
+            }
+        }
     }
 
     /// Moves partition `p`'s watermark to `to` and fires the timers it passed, in due order.
@@ -516,9 +536,13 @@ impl Loop {
         to: i64,
         pending: &mut Pending,
     ) -> Result<(), RuntimeError> {
-        if let Some(task) = self.tasks.get_mut(&p) {
-            task.watermark_ms = to;
-        }
+        let timers_from = match self.tasks.get_mut(&p) {
+            Some(task) => {
+                task.watermark_ms = to;
+                task.timers_from.clone()
+            }
+            None => timer_key(p, i64::MIN, b""),
+        };
         pending.overlay.insert(
             (PROGRESS, partition_key(p, WATERMARK_KEY)),
             Some(to.to_be_bytes().to_vec()),
@@ -527,27 +551,10 @@ impl Loop {
             timer_key(p, i64::MIN, b""),
             timer_key(p, to.saturating_add(1), b""),
         );
-        // Stored timers are read from a cursor past the last one fired: those before it
-        // are fired (deleted in the overlay) and must not fill the next read. Timers the
-        // batch set are in the overlay and read from the start.
-        let mut cursor = start.clone();
-        loop {
-            let mut due: std::collections::BTreeMap<Vec<u8>, bool> = self
-                .store
-                .scan_range(TIMERS, &cursor, &end, 256)?
-                .into_iter()
-                .map(|(k, _)| (k, true))
-                .collect();
-            let from = (TIMERS, start.clone());
-            for ((s, k), v) in pending.overlay.range(from..) {
-                if *s != TIMERS || k >= &end {
-                    break;
-                }
-                due.insert(k.clone(), v.is_some());
-            }
-            let Some(key) = due.into_iter().find(|(_, live)| *live).map(|(k, _)| k) else {
-                return Ok(());
-            };
+        let mut cursor = timers_from.max(start.clone());
+        while let Some(key) =
+            timers::next_due(self.store.as_ref(), &pending.overlay, &start, &cursor, &end)?
+        {
             if key > cursor {
                 cursor = key.clone();
             }
@@ -566,6 +573,11 @@ impl Loop {
                 Err(ProcessError::State(e)) => return Err(e.into()),
             }
         }
+        // Every stored timer before `end` has fired.
+        if let Some(task) = self.tasks.get_mut(&p) {
+            task.timers_from = end;
+        }
+        Ok(())
     }
 
     async fn writer(&mut self, topic: &str, schema: &OutputSchema) -> Result<Writer, RuntimeError> {
