@@ -536,22 +536,21 @@ impl Loop {
         to: i64,
         pending: &mut Pending,
     ) -> Result<(), RuntimeError> {
-        let timers_from = match self.tasks.get_mut(&p) {
+        let (start, end) = (
+            timer_key(p, i64::MIN, b""),
+            timer_key(p, to.saturating_add(1), b""),
+        );
+        let mut cursor = match self.tasks.get_mut(&p) {
             Some(task) => {
                 task.watermark_ms = to;
                 task.timers_from.clone()
             }
-            None => timer_key(p, i64::MIN, b""),
+            None => start.clone(),
         };
         pending.overlay.insert(
             (PROGRESS, partition_key(p, WATERMARK_KEY)),
             Some(to.to_be_bytes().to_vec()),
         );
-        let (start, end) = (
-            timer_key(p, i64::MIN, b""),
-            timer_key(p, to.saturating_add(1), b""),
-        );
-        let mut cursor = timers_from.max(start.clone());
         while let Some(key) =
             timers::next_due(self.store.as_ref(), &pending.overlay, &start, &cursor, &end)?
         {
