@@ -171,6 +171,11 @@ pub(crate) fn partition_key(partition: i32, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The partition a [`partition_key`] names; `None` for a key too short to be one.
+pub(crate) fn key_partition(key: &[u8]) -> Option<i32> {
+    Some(i32::from_be_bytes(key.get(..4)?.try_into().ok()?))
+}
+
 pub(crate) fn timer_key(partition: i32, due_ms: i64, name: &[u8]) -> Vec<u8> {
     // Sign bit flipped so that negative times sort before positive ones.
     let due = (due_ms as u64) ^ (1 << 63);

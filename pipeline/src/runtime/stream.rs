@@ -40,8 +40,8 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use super::changelog::{self, checkpoint_key, record_key};
 use super::dead_letter::{Letter, Stage};
 use super::processor::{
-    parse_timer_key, partition_key, timer_key, Context, Event, Output, OutputSchema, Overlay,
-    ProcessError, Processor, LOCAL, POSITIONS, PROGRESS, TIMERS,
+    key_partition, parse_timer_key, partition_key, timer_key, Context, Event, Output, OutputSchema,
+    Overlay, ProcessError, Processor, LOCAL, POSITIONS, PROGRESS, TIMERS,
 };
 use super::{timers, RuntimeError};
 use crate::avro::{Codec, CodecError, Writer};
@@ -688,7 +688,7 @@ impl Loop {
             if *store == LOCAL {
                 continue;
             }
-            let p = i32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+            let p = key_partition(key).expect("overlay keys start with their partition");
             changelog_sends.push(self.send(
                 self.spec.changelog.clone(),
                 p,

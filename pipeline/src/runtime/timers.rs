@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use super::processor::{Overlay, TIMERS};
+use super::processor::{key_partition, Overlay, TIMERS};
 use crate::state::{StateError, StateStore};
 
 /// Stored timers read at a time.
@@ -68,11 +68,11 @@ pub(crate) fn first_set(overlay: &Overlay) -> BTreeMap<i32, &[u8]> {
         .take_while(|((store, _), _)| *store == TIMERS)
         .filter(|(_, value)| value.is_some())
     {
-        let Some(p) = key.get(..4).and_then(|b| b.try_into().ok()) else {
+        let Some(p) = key_partition(key) else {
             continue;
         };
         // Keys sort by partition first: the first key seen of a partition is its least.
-        first.entry(i32::from_be_bytes(p)).or_insert(key);
+        first.entry(p).or_insert(key);
     }
     first
 }
