@@ -100,7 +100,7 @@ impl Metrics {
             ),
             processing_seconds: histogram(
                 "processing_seconds",
-                "Time to process one batch of events",
+                "Time to process one batch of events and commit it: outputs, changelog, state and offsets",
             ),
             consumer_lag: gauge(
                 "consumer_lag",
