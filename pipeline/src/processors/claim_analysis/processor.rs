@@ -32,8 +32,11 @@ const MEMBER_DAYS: &str = "member_days";
 const AMOUNTS: &str = "amounts";
 /// Per provider: claims by service day, within the velocity window of the latest day.
 const PROVIDER_DAYS: &str = "provider_days";
-/// Claims waiting for their member's first policy.
+/// Claims waiting for their member's first policy, by member.
 const WAITING: &str = "waiting";
+/// The member whose [`WAITING`] entry holds a waiting claim, by claim id: a line of a
+/// waiting claim finds it with two reads instead of a scan of every waiting member.
+const WAITING_CLAIMS: &str = "waiting_claims";
 /// Velocity windows up to this many days read each day's claims by key; longer ones scan
 /// the member's days.
 const POINT_READ_DAYS: i32 = 4;
@@ -321,6 +324,7 @@ impl ClaimAnalysis {
         if let Some(waiting) = ctx.get_state::<Vec<Claim>>(WAITING, &key)? {
             ctx.delete(WAITING, &key);
             for claim in waiting {
+                ctx.delete(WAITING_CLAIMS, &claim.claim_id.to_be_bytes());
                 self.analyse(claim, &policies, ctx)?;
             }
         }
@@ -619,12 +623,13 @@ impl ClaimAnalysis {
             return Ok(());
         }
         // The claim waits for its member's coverage: so does the line, inside it.
-        for (key, mut waiting) in ctx.scan_state::<Vec<Claim>>(WAITING, &[])? {
+        if let Some(member) = ctx.get(WAITING_CLAIMS, &claim_key)? {
+            let mut waiting: Vec<Claim> = ctx.get_state(WAITING, &member)?.unwrap_or_default();
             if let Some(claim) = waiting.iter_mut().find(|c| c.claim_id == claim_id) {
                 if update(claim)?.1 {
                     claim.revision += 1;
                 }
-                ctx.put_state(WAITING, &key, &waiting);
+                ctx.put_state(WAITING, &member, &waiting);
                 return Ok(());
             }
         }
@@ -646,6 +651,7 @@ impl Processor for ClaimAnalysis {
             MEMBER_DAYS,
             AMOUNTS,
             WAITING,
+            WAITING_CLAIMS,
             PROCEDURE_AMOUNTS,
             EM_MIX,
             PROVIDER_DAYS,
@@ -670,6 +676,7 @@ impl Processor for ClaimAnalysis {
                         if !waiting.iter().any(|c| c.claim_id == claim.claim_id) {
                             // If no policy comes, the claim is analysed without one.
                             ctx.set_timer(claim.event_time_ms + self.coverage_wait_ms(), &key);
+                            ctx.put(WAITING_CLAIMS, &claim.claim_id.to_be_bytes(), key.to_vec());
                             waiting.push(claim);
                         }
                         ctx.put_state(WAITING, &key, &waiting);
@@ -698,6 +705,7 @@ impl Processor for ClaimAnalysis {
             ctx.put_state(WAITING, &timer.name, &still);
         }
         for claim in due {
+            ctx.delete(WAITING_CLAIMS, &claim.claim_id.to_be_bytes());
             self.analyse(claim, &[], ctx)?;
         }
         Ok(())

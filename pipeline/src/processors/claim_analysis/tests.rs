@@ -215,6 +215,43 @@ fn a_line_of_a_claim_never_seen_is_rejected() {
 }
 
 #[test]
+fn lines_of_a_claim_waiting_for_coverage_wait_inside_it() {
+    let mut f = Feeder::new();
+    // Members 101 and 102 have no policy yet: their claims wait, and so do the lines.
+    assert!(f.claim(11, 101, 100, 160.0).is_empty());
+    assert!(f.claim(12, 102, 100, 160.0).is_empty());
+    let line = |claim: i64, number: i64, charge: f64| {
+        vec![
+            ("claim_id", Value::Long(claim)),
+            ("line_number", Value::Long(number)),
+            ("procedure_code", Value::String("99213".into())),
+            ("charge_amount", Value::Double(charge)),
+        ]
+    };
+    assert!(f.row("claim_lines", line(11, 1, 100.0)).is_empty());
+    assert!(f.row("claim_lines", line(12, 1, 1.0)).is_empty());
+    assert!(f.row("claim_lines", line(11, 2, 60.0)).is_empty());
+    let released = f.row(
+        "policies",
+        vec![
+            ("policy_id", Value::Long(101)),
+            ("member_id", Value::Long(101)),
+            ("coverage_start", Value::Date(DAY - 365)),
+        ],
+    );
+    assert_eq!(released.len(), 1, "member 101's claim, and only it");
+    assert_eq!(
+        record_field(released[0].value.as_ref().unwrap(), "claim_id"),
+        Some(&Value::Long(11))
+    );
+    assert!(codes(&released[0]).is_empty(), "both lines were in it");
+    // Released, the claim takes its next lines directly.
+    assert!(f
+        .line(11, 2, "99213", 50.0)
+        .contains(&"LINES_SUM_MISMATCH".to_string()));
+}
+
+#[test]
 fn a_provider_over_its_daily_limit_is_flagged_from_the_claim_that_passes_it() {
     let mut f = Feeder::with(serde_yaml_ng::from_str("{provider_velocity_limit: 3}").unwrap());
     let mut flagged = Vec::new();
