@@ -199,6 +199,9 @@ async fn measure(
         changelog_replication_factor: 1,
         max_batch: 5000,
         max_batch_wait: Duration::from_millis(strata_pipeline::topology::DEFAULT_BATCH_WAIT_MS),
+        commit_interval: Duration::from_millis(
+            strata_pipeline::topology::DEFAULT_COMMIT_INTERVAL_MS,
+        ),
         window: None,
     };
     let env = ProcessorEnv {

@@ -184,6 +184,8 @@ impl Fixture {
             changelog_replication_factor: 1,
             max_batch: 7,
             max_batch_wait: Duration::from_millis(10),
+            // Several cycles of 7 records between commits: crashes lose uncommitted work.
+            commit_interval: Duration::from_millis(200),
             window: None,
         }
     }

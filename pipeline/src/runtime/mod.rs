@@ -176,6 +176,7 @@ pub fn processor_spec(
         changelog_replication_factor: topology.state.changelog_replication_factor,
         max_batch: topology.state.batch_max_records.max(1),
         max_batch_wait: topology.state.batch_max_wait.0,
+        commit_interval: topology.state.commit_interval.0,
         window: topology.replay.as_ref().map(|r| r.window.clone()),
     }
 }

@@ -1,13 +1,23 @@
 //! The loop that runs one processor: a Kafka consumer group over its inputs, state in
 //! RocksDB with a changelog, outputs and dead letters through an idempotent producer.
 //!
-//! Commit order of each batch (a crash between any two steps re-runs the batch from the
-//! committed state and converges on the same result):
-//! 1. outputs and dead letters produced and acknowledged;
+//! The loop runs in cycles: take the input records already there (up to
+//! `max_batch`), process them, then
+//! 1. produce their outputs and dead letters, and wait until all are acknowledged.
+//!
+//! Their state changes stay in memory, read by the next cycles, until the commit, every
+//! `commit_interval` (and after `max_batch` inputs, when idle, and before exit):
 //! 2. state changes appended to the changelog, the input offsets last, and acknowledged;
 //! 3. state changes, input offsets and the changelog checkpoint written locally in one
 //!    RocksDB `WriteBatch`;
 //! 4. consumer offsets committed.
+//!
+//! A crash between any two steps re-runs the inputs since the last commit from the
+//! committed state: the processor contract makes the outputs the same records again, and
+//! state converges on the same result. A commit never covers an input whose outputs are
+//! not acknowledged. Committing every cycle (`commit_interval` 0) made each record wait
+//! for the changelog round trip and the local write of the cycle before it; now a cycle
+//! waits for its own outputs only, and a commit covers many cycles, each key once.
 //!
 //! The brief puts the local write before the changelog. Here it comes after, because the
 //! local store also records which inputs were applied: written first, a crash before the
@@ -20,8 +30,9 @@
 //! applied are skipped. Inputs must be co-partitioned (same partition count, same key →
 //! same partition); outputs go to the input's partition number, so the next stage sees
 //! each key in order. Kafka transactions are not used (the test broker has none): after
-//! a rebalance, an instance that lost a partition may finish its last batch while the new
-//! owner starts; both compute the same records from the same inputs.
+//! a rebalance, an instance that lost a partition may finish its last cycle while the new
+//! owner starts; both compute the same records from the same inputs. Changes of a revoked
+//! partition not committed yet are dropped: its next owner re-runs those inputs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -70,6 +81,8 @@ pub struct ProcessorSpec {
     pub max_batch: usize,
     /// Longest wait for a batch to fill once its first record is there.
     pub max_batch_wait: Duration,
+    /// Longest time processed input stays uncommitted (see the module docs).
+    pub commit_interval: Duration,
     /// A replay's slice of its external inputs; `None` applies every record.
     pub window: Option<Arc<super::InputWindow>>,
 }
@@ -154,17 +167,37 @@ struct Loop {
     writers: HashMap<(String, OutputSchema), Writer>,
 }
 
-/// A batch on its way through the commit steps.
+/// Input processed since the last commit.
 #[derive(Default)]
 struct Pending {
+    /// State changes, read by later cycles until committed.
     overlay: Overlay,
+    /// Outputs and dead letters of the current cycle, sent at its end.
     outputs: Vec<(i32, Output)>,
     dead_letters: Vec<DeadLetter>,
     /// (topic, partition) → next offset, for the consumer commit.
     consumed: HashMap<(String, i32), i64>,
+    /// Input records taken since the last commit.
+    inputs: usize,
+    /// When the first of them was taken; `None`: nothing to commit.
+    since: Option<Instant>,
 }
 
 impl Pending {
+    /// Whether to commit now: `interval` passed since the first input not committed, or
+    /// `max_inputs` records wait.
+    fn due(&self, interval: Duration, max_inputs: usize) -> bool {
+        self.since
+            .is_some_and(|since| since.elapsed() >= interval || self.inputs >= max_inputs)
+    }
+
+    /// Drops the changes and consumed offsets of `partitions`.
+    fn forget(&mut self, partitions: &[i32]) {
+        self.overlay
+            .retain(|(_, key), _| key_partition(key).is_some_and(|p| !partitions.contains(&p)));
+        self.consumed.retain(|(_, p), _| !partitions.contains(p));
+    }
+
     /// Takes in the changes and outputs of a successful call on partition `p`.
     fn absorb(&mut self, p: i32, (scratch, outputs): (Overlay, Vec<Output>)) {
         self.overlay.extend(scratch);
@@ -263,15 +296,27 @@ impl Loop {
             .metrics
             .ready
             .with_label_values(&[&self.spec.component]);
+        // Processed, not committed yet: the changes cycles since the last commit made.
+        let mut pending = Pending::default();
         loop {
             super::off_async(|| watchdog.check(&self.consumer, &self.spec.component));
-            self.forget_revoked();
+            self.forget_revoked(&mut pending);
             if self.restore_assigned().await? {
                 ready.set(1);
             }
+            // Idle with changes not committed: wait only until they are due.
+            let idle = match pending.since {
+                Some(since) => self.spec.commit_interval.saturating_sub(since.elapsed()),
+                None => Duration::from_secs(1),
+            };
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = tokio::time::sleep(idle) => {
+                    if pending.since.is_some() {
+                        self.commit(std::mem::take(&mut pending)).await?;
+                    }
+                    continue;
+                }
                 _ = shutdown.cancelled() => break,
             };
             let Some(first) = self.detach(first) else {
@@ -286,14 +331,20 @@ impl Loop {
                 }
             }
             let started = Instant::now();
-            self.forget_revoked();
-            let pending = self.process(messages).await?;
-            self.commit(pending).await?;
+            self.forget_revoked(&mut pending);
+            self.process(messages, &mut pending).await?;
+            self.send_outputs(&mut pending).await?;
+            if pending.due(self.spec.commit_interval, self.spec.max_batch) {
+                self.commit(std::mem::take(&mut pending)).await?;
+            }
             self.env
                 .metrics
                 .processing_seconds
                 .with_label_values(&[&self.spec.component])
                 .observe(started.elapsed().as_secs_f64());
+        }
+        if pending.since.is_some() {
+            self.commit(pending).await?;
         }
         tracing::info!(component = %self.spec.component, "processor drained");
         Ok(())
@@ -314,7 +365,10 @@ impl Loop {
         }
     }
 
-    fn forget_revoked(&mut self) {
+    /// Forgets the partitions revoked since the last call, with their changes not
+    /// committed yet: their next owner (maybe this instance again, after a restore)
+    /// re-runs those inputs from the last committed offsets.
+    fn forget_revoked(&mut self, pending: &mut Pending) {
         let revoked = std::mem::take(
             &mut *self
                 .consumer
@@ -323,9 +377,13 @@ impl Loop {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        for p in revoked {
-            self.tasks.remove(&p);
+        if revoked.is_empty() {
+            return;
         }
+        for p in &revoked {
+            self.tasks.remove(p);
+        }
+        pending.forget(&revoked);
     }
 
     /// Restores every assigned partition not restored yet, before its first record
@@ -412,7 +470,11 @@ impl Loop {
 
     /// Restores the partitions `messages` need and decodes them (async: may call the
     /// registry), then applies them with state reads off the async workers.
-    async fn process(&mut self, messages: Vec<OwnedMessage>) -> Result<Pending, RuntimeError> {
+    async fn process(
+        &mut self,
+        messages: Vec<OwnedMessage>,
+        pending: &mut Pending,
+    ) -> Result<(), RuntimeError> {
         let mut decoded = Vec::with_capacity(messages.len());
         for message in messages {
             self.ensure_task(message.partition()).await?;
@@ -426,14 +488,16 @@ impl Loop {
             };
             decoded.push((message, kv));
         }
-        super::off_async(|| self.apply(decoded))
+        super::off_async(|| self.apply(decoded, pending))
     }
 
+    /// Applies `decoded` on top of `pending`, the changes not committed yet.
     fn apply(
         &mut self,
         decoded: Vec<(OwnedMessage, DecodedPair)>,
-    ) -> Result<Pending, RuntimeError> {
-        let mut pending = Pending::default();
+        pending: &mut Pending,
+    ) -> Result<(), RuntimeError> {
+        pending.since.get_or_insert_with(Instant::now);
         let in_counter = self
             .env
             .metrics
@@ -452,6 +516,7 @@ impl Loop {
                 .copied()
                 .unwrap_or(0);
             pending.consumed.insert((topic.clone(), p), offset + 1);
+            pending.inputs += 1;
             if offset < applied {
                 continue; // applied before a restart; its effects are already in state
             }
@@ -510,11 +575,11 @@ impl Loop {
                 Err(ProcessError::State(e)) => return Err(e.into()),
             }
             if event_time > watermark {
-                self.advance_watermark(p, event_time, &mut pending)?;
+                self.advance_watermark(p, event_time, pending)?;
             }
         }
         self.lower_timer_floors(&pending.overlay);
-        Ok(pending)
+        Ok(())
     }
 
     /// A timer the batch set below its partition's `timers_from` (due at or before the
@@ -599,15 +664,14 @@ impl Loop {
         Ok(writer)
     }
 
-    async fn commit(&mut self, pending: Pending) -> Result<(), RuntimeError> {
-        let Pending {
-            overlay,
-            outputs,
-            dead_letters,
-            consumed,
-            ..
-        } = pending;
-        // 1. Outputs and dead letters.
+    /// Step 1: sends the cycle's outputs and dead letters, and waits until all are
+    /// acknowledged. The next cycle's are sent only after these: were a delivery to fail
+    /// (a broker restart losing the idempotent producer's state, say), later records
+    /// could land while the failed ones are lost, and the re-run after the restart would
+    /// write those after the later ones.
+    async fn send_outputs(&mut self, pending: &mut Pending) -> Result<(), RuntimeError> {
+        let outputs = std::mem::take(&mut pending.outputs);
+        let dead_letters = std::mem::take(&mut pending.dead_letters);
         let mut sends = Vec::with_capacity(outputs.len() + dead_letters.len());
         let out_counter = self
             .env
@@ -672,7 +736,15 @@ impl Loop {
             dl_counter.inc();
         }
         try_join_all(sends).await?;
+        Ok(())
+    }
 
+    /// Steps 2–4 for every cycle since the last commit; their outputs are acknowledged.
+    async fn commit(&mut self, pending: Pending) -> Result<(), RuntimeError> {
+        debug_assert!(pending.outputs.is_empty() && pending.dead_letters.is_empty());
+        let Pending {
+            overlay, consumed, ..
+        } = pending;
         // 2. Changelog, the input offsets (PROGRESS) last: a restore applies every record
         // the changelog holds, and records of one partition land in the order sent, so a
         // changelog cut short (a crash mid-send) holds no offsets without the changes
@@ -780,5 +852,46 @@ impl Loop {
                     source,
                 })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revoked_partition_loses_its_uncommitted_changes_and_offsets_only() {
+        let mut pending = Pending::default();
+        for p in [1, 2] {
+            pending
+                .overlay
+                .insert(("s", partition_key(p, b"k")), Some(vec![p as u8]));
+            pending
+                .overlay
+                .insert((TIMERS, timer_key(p, 5, b"t")), Some(Vec::new()));
+            pending.consumed.insert(("in".into(), p), 10);
+        }
+        pending.forget(&[2]);
+        let partitions: Vec<_> = pending
+            .overlay
+            .keys()
+            .map(|(_, k)| key_partition(k))
+            .collect();
+        assert_eq!(partitions, [Some(1), Some(1)]);
+        assert_eq!(
+            pending.consumed.keys().collect::<Vec<_>>(),
+            [&("in".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn a_commit_is_due_after_the_interval_or_enough_inputs() {
+        let mut pending = Pending::default();
+        assert!(!pending.due(Duration::ZERO, 1), "nothing to commit");
+        pending.since = Some(Instant::now());
+        assert!(pending.due(Duration::ZERO, 10), "interval 0: every cycle");
+        assert!(!pending.due(Duration::from_secs(60), 10));
+        pending.inputs = 10;
+        assert!(pending.due(Duration::from_secs(60), 10));
     }
 }

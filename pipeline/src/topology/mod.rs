@@ -20,7 +20,7 @@ pub use diagnostics::{Diagnostic, DiagnosticKind, Diagnostics, Location};
 pub use model::{
     Component, Input, KafkaSettings, ObservabilitySettings, RegistrySettings, ReplayScope,
     ShutdownSettings, StateSettings, TopicSettings, Topology, AUDIT_PORT, DEFAULT_BATCH_WAIT_MS,
-    FORMAT_VERSION,
+    DEFAULT_COMMIT_INTERVAL_MS, FORMAT_VERSION,
 };
 
 use std::path::Path;

@@ -229,7 +229,21 @@ pub struct StateSettings {
     /// load cycles still fill up while the previous one commits.
     #[serde(default = "default_batch_wait")]
     pub batch_max_wait: Duration,
+    /// How often a processor commits: appends its state changes to the changelog,
+    /// writes them locally with its input offsets, and commits its consumer offsets.
+    /// Each cycle's outputs are sent (and acknowledged) at once; between commits, cycles
+    /// read the changes not committed yet. A crash re-runs the inputs since the last
+    /// commit and re-sends the same outputs. Zero commits after every cycle.
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval: Duration,
 }
+
+fn default_commit_interval() -> Duration {
+    Duration(std::time::Duration::from_millis(DEFAULT_COMMIT_INTERVAL_MS))
+}
+
+/// See [`StateSettings::commit_interval`].
+pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 100;
 
 fn default_batch_records() -> usize {
     5000
