@@ -312,6 +312,8 @@ impl Loop {
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
                 _ = tokio::time::sleep(idle) => {
+                    // Partitions move only while the consumer is polled, as it just was.
+                    self.forget_revoked(&mut pending);
                     if pending.since.is_some() {
                         self.commit(std::mem::take(&mut pending)).await?;
                     }
@@ -343,6 +345,7 @@ impl Loop {
                 .with_label_values(&[&self.spec.component])
                 .observe(started.elapsed().as_secs_f64());
         }
+        self.forget_revoked(&mut pending);
         if pending.since.is_some() {
             self.commit(pending).await?;
         }
