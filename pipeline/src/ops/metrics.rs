@@ -100,7 +100,7 @@ impl Metrics {
             ),
             processing_seconds: histogram(
                 "processing_seconds",
-                "Time to process one batch of events and commit it: outputs, changelog, state and offsets",
+                "Time of one cycle: process a batch of events, send its outputs and, when one is due, commit (changelog, state and offsets)",
             ),
             consumer_lag: gauge(
                 "consumer_lag",
