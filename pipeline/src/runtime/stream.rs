@@ -312,11 +312,7 @@ impl Loop {
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
                 _ = tokio::time::sleep(idle) => {
-                    // Partitions move only while the consumer is polled, as it just was.
-                    self.forget_revoked(&mut pending);
-                    if pending.since.is_some() {
-                        self.commit(std::mem::take(&mut pending)).await?;
-                    }
+                    self.commit(std::mem::take(&mut pending)).await?;
                     continue;
                 }
                 _ = shutdown.cancelled() => break,
@@ -345,10 +341,7 @@ impl Loop {
                 .with_label_values(&[&self.spec.component])
                 .observe(started.elapsed().as_secs_f64());
         }
-        self.forget_revoked(&mut pending);
-        if pending.since.is_some() {
-            self.commit(pending).await?;
-        }
+        self.commit(pending).await?;
         tracing::info!(component = %self.spec.component, "processor drained");
         Ok(())
     }
@@ -743,8 +736,15 @@ impl Loop {
     }
 
     /// Steps 2–4 for every cycle since the last commit; their outputs are acknowledged.
-    async fn commit(&mut self, pending: Pending) -> Result<(), RuntimeError> {
+    /// Partitions revoked meanwhile (they move while the consumer is polled, which may
+    /// have been since the cycle) are left out, so this never appends to a changelog
+    /// their new owner may be restoring.
+    async fn commit(&mut self, mut pending: Pending) -> Result<(), RuntimeError> {
         debug_assert!(pending.outputs.is_empty() && pending.dead_letters.is_empty());
+        self.forget_revoked(&mut pending);
+        if pending.since.is_none() {
+            return Ok(()); // nothing taken since the last commit
+        }
         let Pending {
             overlay, consumed, ..
         } = pending;

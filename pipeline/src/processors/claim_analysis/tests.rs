@@ -83,17 +83,19 @@ impl Feeder {
         )
     }
 
+    /// The row of line `number` of `claim`.
+    fn line_row(claim: i64, number: i64, code: &str, charge: f64) -> Vec<(&str, Value)> {
+        vec![
+            ("claim_id", Value::Long(claim)),
+            ("line_number", Value::Long(number)),
+            ("procedure_code", Value::String(code.into())),
+            ("charge_amount", Value::Double(charge)),
+        ]
+    }
+
     /// The reason codes of the analysis a line leads to.
     fn line(&mut self, claim: i64, number: i64, code: &str, charge: f64) -> Vec<String> {
-        let out = self.row(
-            "claim_lines",
-            vec![
-                ("claim_id", Value::Long(claim)),
-                ("line_number", Value::Long(number)),
-                ("procedure_code", Value::String(code.into())),
-                ("charge_amount", Value::Double(charge)),
-            ],
-        );
+        let out = self.row("claim_lines", Self::line_row(claim, number, code, charge));
         assert_eq!(out.len(), 1, "a line revises its claim's analysis");
         codes(&out[0])
     }
@@ -220,17 +222,10 @@ fn lines_of_a_claim_waiting_for_coverage_wait_inside_it() {
     // Members 101 and 102 have no policy yet: their claims wait, and so do the lines.
     assert!(f.claim(11, 101, 100, 160.0).is_empty());
     assert!(f.claim(12, 102, 100, 160.0).is_empty());
-    let line = |claim: i64, number: i64, charge: f64| {
-        vec![
-            ("claim_id", Value::Long(claim)),
-            ("line_number", Value::Long(number)),
-            ("procedure_code", Value::String("99213".into())),
-            ("charge_amount", Value::Double(charge)),
-        ]
-    };
-    assert!(f.row("claim_lines", line(11, 1, 100.0)).is_empty());
-    assert!(f.row("claim_lines", line(12, 1, 1.0)).is_empty());
-    assert!(f.row("claim_lines", line(11, 2, 60.0)).is_empty());
+    for (claim, number, charge) in [(11, 1, 100.0), (12, 1, 1.0), (11, 2, 60.0)] {
+        let row = Feeder::line_row(claim, number, "99213", charge);
+        assert!(f.row("claim_lines", row).is_empty());
+    }
     let released = f.row(
         "policies",
         vec![
