@@ -40,8 +40,8 @@ impl<P: Processor> Harness<P> {
     fn commit(&self, overlay: Overlay) -> Result<(), ProcessError> {
         let batch = Batch {
             ops: overlay
-                .into_iter()
-                .map(|((s, k), v)| (s.to_string(), k, v))
+                .into_changes()
+                .map(|(s, k, v)| (s.to_string(), k, v))
                 .collect(),
         };
         Ok(self.store.write(batch)?)

@@ -6,6 +6,7 @@
 mod changelog;
 mod dead_letter;
 pub mod harness;
+mod overlay;
 pub mod processor;
 pub mod sink;
 pub mod source;

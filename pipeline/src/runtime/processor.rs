@@ -23,7 +23,7 @@ use apache_avro::types::Value;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::state::{decode_state, encode_state, Entry, StateError, StateStore};
+use crate::state::{decode_state, encode_state, with_joined_key, Entry, StateError, StateStore};
 
 /// One decoded input record.
 #[derive(Debug, Clone, Copy)]
@@ -152,10 +152,7 @@ pub trait Processor: Send + Sync {
     }
 }
 
-/// Uncommitted state changes: (store, partition-prefixed key) → value (`None` deletes).
-/// Store names are the processor's and the runtime's constants, so a lookup allocates
-/// only the key.
-pub(crate) type Overlay = BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>;
+pub(crate) use super::overlay::Overlay;
 
 /// Runtime-owned stores, changelogged like the processor's own.
 pub(crate) const POSITIONS: &str = "_positions";
@@ -232,11 +229,7 @@ impl<'a> Context<'a> {
     }
 
     pub fn get(&self, store: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        let full = (store, partition_key(self.partition, key));
-        if let Some(v) = self.scratch.get(&full).or_else(|| self.batch.get(&full)) {
-            return Ok(v.clone());
-        }
-        self.store.get(store, &full.1)
+        self.read(store, key, |value| Ok(value.map(<[u8]>::to_vec)))
     }
 
     /// The record of `key` in `store`, as [`Context::put_state`] wrote it. A record that
@@ -246,9 +239,31 @@ impl<'a> Context<'a> {
         store: &'static str,
         key: &[u8],
     ) -> Result<Option<T>, StateError> {
-        self.get(store, key)?
-            .map(|bytes| decode_state(store, key, &bytes))
-            .transpose()
+        self.read(store, key, |value| {
+            value
+                .map(|bytes| decode_state(store, key, bytes))
+                .transpose()
+        })
+    }
+
+    /// `read` of the value of `key` in `store`: this call's change, else the batch's,
+    /// else the store's. An uncommitted value is lent, not copied.
+    fn read<T>(
+        &self,
+        store: &'static str,
+        key: &[u8],
+        read: impl FnOnce(Option<&[u8]>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        with_joined_key(&[&self.partition.to_be_bytes(), key], |full| {
+            match self
+                .scratch
+                .get(store, full)
+                .or_else(|| self.batch.get(store, full))
+            {
+                Some(value) => read(value.as_deref()),
+                None => read(self.store.get(store, full)?.as_deref()),
+            }
+        })
     }
 
     pub fn put_state<T: Serialize>(&mut self, store: &'static str, key: &[u8], value: &T) {
@@ -257,12 +272,12 @@ impl<'a> Context<'a> {
 
     pub fn put(&mut self, store: &'static str, key: &[u8], value: Vec<u8>) {
         self.scratch
-            .insert((store, partition_key(self.partition, key)), Some(value));
+            .insert(store, partition_key(self.partition, key), Some(value));
     }
 
     pub fn delete(&mut self, store: &'static str, key: &[u8]) {
         self.scratch
-            .insert((store, partition_key(self.partition, key)), None);
+            .insert(store, partition_key(self.partition, key), None);
     }
 
     /// Entries of `store` whose key starts with `prefix`, including this batch's changes,
@@ -280,9 +295,8 @@ impl<'a> Context<'a> {
             .map(|(k, v)| (k, Some(v)))
             .collect();
         for overlay in [self.batch, &self.scratch] {
-            let from = (store, start.clone());
-            for ((s, k), v) in overlay.range(from..) {
-                if *s != store || !k.starts_with(&start) {
+            for (k, v) in overlay.range_from(store, &start) {
+                if !k.starts_with(&start) {
                     break;
                 }
                 merged.insert(k.clone(), v.clone());
@@ -326,14 +340,15 @@ impl<'a> Context<'a> {
     /// Setting the same (due, name) twice keeps one timer.
     pub fn set_timer(&mut self, due_ms: i64, name: &[u8]) {
         self.scratch.insert(
-            (TIMERS, timer_key(self.partition, due_ms, name)),
+            TIMERS,
+            timer_key(self.partition, due_ms, name),
             Some(Vec::new()),
         );
     }
 
     pub fn cancel_timer(&mut self, due_ms: i64, name: &[u8]) {
         self.scratch
-            .insert((TIMERS, timer_key(self.partition, due_ms, name)), None);
+            .insert(TIMERS, timer_key(self.partition, due_ms, name), None);
     }
 
     pub fn emit(&mut self, output: Output) {
@@ -375,7 +390,7 @@ mod tests {
         stored.put("s", partition_key(3, b"k1"), b"other partition".to_vec());
         store.write(stored).unwrap();
         let mut batch = Overlay::new();
-        batch.insert(("s", partition_key(2, b"k2")), None);
+        batch.insert("s", partition_key(2, b"k2"), None);
         let mut ctx = Context::new(2, &store, &batch, 0);
         ctx.put("s", b"k3", b"scratch".to_vec());
         assert_eq!(ctx.get("s", b"k1").unwrap(), Some(b"stored".to_vec()));

@@ -194,7 +194,7 @@ impl Pending {
     /// Drops the changes and consumed offsets of `partitions`.
     fn forget(&mut self, partitions: &[i32]) {
         self.overlay
-            .retain(|(_, key), _| key_partition(key).is_some_and(|p| !partitions.contains(&p)));
+            .retain_keys(|key| key_partition(key).is_some_and(|p| !partitions.contains(&p)));
         self.consumed.retain(|(_, p), _| !partitions.contains(p));
     }
 
@@ -524,7 +524,8 @@ impl Loop {
             }
             in_counter.inc();
             pending.overlay.insert(
-                (PROGRESS, partition_key(p, &offset_key(&topic))),
+                PROGRESS,
+                partition_key(p, &offset_key(&topic)),
                 Some((offset + 1).to_be_bytes().to_vec()),
             );
             if let Some(task) = self.tasks.get_mut(&p) {
@@ -609,7 +610,8 @@ impl Loop {
             None => start.clone(),
         };
         pending.overlay.insert(
-            (PROGRESS, partition_key(p, WATERMARK_KEY)),
+            PROGRESS,
+            partition_key(p, WATERMARK_KEY),
             Some(to.to_be_bytes().to_vec()),
         );
         while let Some(key) =
@@ -618,7 +620,7 @@ impl Loop {
             if key > cursor {
                 cursor = key.clone();
             }
-            pending.overlay.insert((TIMERS, key.clone()), None);
+            pending.overlay.insert(TIMERS, key.clone(), None);
             let Some(timer) = parse_timer_key(&key) else {
                 continue;
             };
@@ -757,10 +759,10 @@ impl Loop {
         let mut changelog_sends = Vec::new();
         let progress_last = overlay
             .iter()
-            .filter(|((store, _), _)| *store != PROGRESS)
-            .chain(overlay.iter().filter(|((store, _), _)| *store == PROGRESS));
-        for ((store, key), value) in progress_last {
-            if *store == LOCAL {
+            .filter(|(store, _, _)| *store != PROGRESS)
+            .chain(overlay.iter().filter(|(store, _, _)| *store == PROGRESS));
+        for (store, key, value) in progress_last {
+            if store == LOCAL {
                 continue;
             }
             let p = key_partition(key).expect("overlay keys start with their partition");
@@ -783,8 +785,8 @@ impl Loop {
         let mut batch = Batch::default();
         batch.ops.extend(
             overlay
-                .into_iter()
-                .map(|((store, key), value)| (store.to_string(), key, value)),
+                .into_changes()
+                .map(|(store, key, value)| (store.to_string(), key, value)),
         );
         for (p, next) in checkpoints {
             batch.put(LOCAL, checkpoint_key(p), next.to_be_bytes().to_vec());
@@ -868,17 +870,17 @@ mod tests {
         for p in [1, 2] {
             pending
                 .overlay
-                .insert(("s", partition_key(p, b"k")), Some(vec![p as u8]));
+                .insert("s", partition_key(p, b"k"), Some(vec![p as u8]));
             pending
                 .overlay
-                .insert((TIMERS, timer_key(p, 5, b"t")), Some(Vec::new()));
+                .insert(TIMERS, timer_key(p, 5, b"t"), Some(Vec::new()));
             pending.consumed.insert(("in".into(), p), 10);
         }
         pending.forget(&[2]);
         let partitions: Vec<_> = pending
             .overlay
-            .keys()
-            .map(|(_, k)| key_partition(k))
+            .iter()
+            .map(|(_, k, _)| key_partition(k))
             .collect();
         assert_eq!(partitions, [Some(1), Some(1)]);
         assert_eq!(

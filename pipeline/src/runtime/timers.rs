@@ -40,11 +40,8 @@ pub(crate) fn next_due(
             .then(|| page.last().map(|(k, _)| k.clone()))
             .flatten();
         let mut keys: BTreeMap<Vec<u8>, bool> = page.into_iter().map(|(k, _)| (k, true)).collect();
-        for ((store, key), value) in overlay.range((TIMERS, start.to_vec())..) {
-            if *store != TIMERS
-                || key.as_slice() >= end
-                || page_end.as_ref().is_some_and(|e| key > e)
-            {
+        for (key, value) in overlay.range_from(TIMERS, start) {
+            if key.as_slice() >= end || page_end.as_ref().is_some_and(|e| key > e) {
                 break;
             }
             keys.insert(key.clone(), value.is_some());
@@ -63,9 +60,8 @@ pub(crate) fn next_due(
 /// The least timer key the batch set (and did not fire) in each partition.
 pub(crate) fn first_set(overlay: &Overlay) -> BTreeMap<i32, &[u8]> {
     let mut first: BTreeMap<i32, &[u8]> = BTreeMap::new();
-    for ((_, key), _) in overlay
-        .range((TIMERS, Vec::new())..)
-        .take_while(|((store, _), _)| *store == TIMERS)
+    for (key, _) in overlay
+        .range_from(TIMERS, &[])
         .filter(|(_, value)| value.is_some())
     {
         let Some(p) = key_partition(key) else {
@@ -103,7 +99,7 @@ mod tests {
         let store = stored(0..300);
         let mut overlay = Overlay::new();
         for due in 0..290 {
-            overlay.insert((TIMERS, timer_key(0, due, b"t")), None);
+            overlay.insert(TIMERS, timer_key(0, due, b"t"), None);
         }
         let (start, end) = (timer_key(0, i64::MIN, b""), timer_key(0, 1_000, b""));
         let next = next_due(&store, &overlay, &start, &start, &end).unwrap();
@@ -115,9 +111,9 @@ mod tests {
         let store = stored(0..300);
         let mut overlay = Overlay::new();
         for due in 0..PAGE as i64 {
-            overlay.insert((TIMERS, timer_key(0, due, b"t")), None);
+            overlay.insert(TIMERS, timer_key(0, due, b"t"), None);
         }
-        overlay.insert((TIMERS, timer_key(0, 500, b"new")), Some(Vec::new()));
+        overlay.insert(TIMERS, timer_key(0, 500, b"new"), Some(Vec::new()));
         let (start, end) = (timer_key(0, i64::MIN, b""), timer_key(0, 1_000, b""));
         let next = next_due(&store, &overlay, &start, &start, &end).unwrap();
         assert_eq!(due_of(next), Some(PAGE as i64));
@@ -127,7 +123,7 @@ mod tests {
     fn timers_of_the_batch_before_the_cursor_are_due_and_none_past_the_end() {
         let store = stored([5, 2_000]);
         let mut overlay = Overlay::new();
-        overlay.insert((TIMERS, timer_key(0, 1, b"late")), Some(Vec::new()));
+        overlay.insert(TIMERS, timer_key(0, 1, b"late"), Some(Vec::new()));
         let (start, end) = (timer_key(0, i64::MIN, b""), timer_key(0, 1_000, b""));
         let cursor = timer_key(0, 10, b"");
         let next = next_due(&store, &overlay, &start, &cursor, &end).unwrap();
@@ -143,11 +139,11 @@ mod tests {
     #[test]
     fn the_first_timer_set_is_found_per_partition() {
         let mut overlay = Overlay::new();
-        overlay.insert((TIMERS, timer_key(1, 7, b"a")), Some(Vec::new()));
-        overlay.insert((TIMERS, timer_key(1, 3, b"b")), None);
-        overlay.insert((TIMERS, timer_key(1, 9, b"c")), Some(Vec::new()));
-        overlay.insert((TIMERS, timer_key(2, -4, b"d")), Some(Vec::new()));
-        overlay.insert(("_other", timer_key(0, 0, b"e")), Some(Vec::new()));
+        overlay.insert(TIMERS, timer_key(1, 7, b"a"), Some(Vec::new()));
+        overlay.insert(TIMERS, timer_key(1, 3, b"b"), None);
+        overlay.insert(TIMERS, timer_key(1, 9, b"c"), Some(Vec::new()));
+        overlay.insert(TIMERS, timer_key(2, -4, b"d"), Some(Vec::new()));
+        overlay.insert("_other", timer_key(0, 0, b"e"), Some(Vec::new()));
         let first: Vec<(i32, Option<i64>)> = first_set(&overlay)
             .into_iter()
             .map(|(p, k)| (p, due_of(Some(k.to_vec()))))

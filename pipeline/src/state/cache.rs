@@ -28,6 +28,8 @@ use std::sync::Arc;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 
+use super::with_joined_key;
+
 /// Bytes an entry is charged beyond its key and value: the cache's own bookkeeping and
 /// the two allocations.
 const ENTRY_OVERHEAD: u64 = 64;
@@ -42,6 +44,12 @@ impl Weighter<Vec<u8>, Vec<u8>> for ByteWeighter {
     fn weight(&self, key: &Vec<u8>, value: &Vec<u8>) -> u64 {
         key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD
     }
+}
+
+/// A cache key, in parts: the database, the store and the key. Store names hold no 0
+/// byte, so the name's end is unambiguous.
+fn key_parts<'a>(database: &'a [u8; 4], store: &'a str, key: &'a [u8]) -> [&'a [u8]; 4] {
+    [database, store.as_bytes(), &[0], key]
 }
 
 /// The records of every database opened with one [`super::StateMemory`].
@@ -69,32 +77,39 @@ impl RecordCache {
         NEXT.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The cache key of `key` in `store` of database `database`: store names hold no 0
-    /// byte, so the name's end is unambiguous.
-    pub(super) fn key(database: u32, store: &str, key: &[u8]) -> Vec<u8> {
-        let mut cache_key = Vec::with_capacity(5 + store.len() + key.len());
-        cache_key.extend_from_slice(&database.to_be_bytes());
-        cache_key.extend_from_slice(store.as_bytes());
-        cache_key.push(0);
-        cache_key.extend_from_slice(key);
-        cache_key
+    /// The cache key of `key` in `store` of database `database`.
+    fn key(database: u32, store: &str, key: &[u8]) -> Vec<u8> {
+        key_parts(&database.to_be_bytes(), store, key).concat()
     }
 
-    pub(super) fn get(&self, cache_key: &[u8]) -> Option<Vec<u8>> {
-        self.entries.get(cache_key)
+    /// The value cached for `key` in `store` of database `database`.
+    pub(super) fn get(&self, database: u32, store: &str, key: &[u8]) -> Option<Vec<u8>> {
+        with_joined_key(
+            &key_parts(&database.to_be_bytes(), store, key),
+            |cache_key| self.entries.get(cache_key),
+        )
     }
 
-    pub(super) fn insert(&self, cache_key: Vec<u8>, value: Vec<u8>) {
-        self.entries.insert(cache_key, value);
+    pub(super) fn insert(&self, database: u32, store: &str, key: &[u8], value: Vec<u8>) {
+        self.entries.insert(Self::key(database, store, key), value);
     }
 
-    /// Replaces the value of a key the cache holds; does nothing if it holds none.
-    pub(super) fn update(&self, cache_key: Vec<u8>, value: Vec<u8>) {
-        let _absent = self.entries.replace(cache_key, value, true);
+    /// Replaces the value cached for `key` in `store` of database `database`; does nothing
+    /// if none is (most keys written are never read, so the cache key is built only for a
+    /// key the cache holds).
+    pub(super) fn update(&self, database: u32, store: &str, key: &[u8], value: Vec<u8>) {
+        let database = database.to_be_bytes();
+        let parts = key_parts(&database, store, key);
+        if with_joined_key(&parts, |cache_key| self.entries.contains_key(cache_key)) {
+            let _absent = self.entries.replace(parts.concat(), value, true);
+        }
     }
 
-    pub(super) fn remove(&self, cache_key: &[u8]) {
-        self.entries.remove(cache_key);
+    pub(super) fn remove(&self, database: u32, store: &str, key: &[u8]) {
+        with_joined_key(
+            &key_parts(&database.to_be_bytes(), store, key),
+            |cache_key| self.entries.remove(cache_key),
+        );
     }
 
     /// Bytes of records held now.
@@ -119,7 +134,7 @@ mod tests {
     fn the_cache_holds_no_more_than_its_budget() {
         let cache = RecordCache::new(64 << 10).unwrap();
         for i in 0u32..10_000 {
-            cache.insert(i.to_be_bytes().to_vec(), vec![0; 100]);
+            cache.insert(0, "s", &i.to_be_bytes(), vec![0; 100]);
         }
         assert!(cache.usage() <= 64 << 10, "{} bytes held", cache.usage());
         assert!(RecordCache::new(0).is_none());

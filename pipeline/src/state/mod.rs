@@ -44,6 +44,23 @@ pub enum StateError {
     },
 }
 
+/// Calls `f` with `parts` joined into one key, built on the stack when it is short (as
+/// keys of lookups are), so a read allocates nothing for its key.
+pub(crate) fn with_joined_key<R>(parts: &[&[u8]], f: impl FnOnce(&[u8]) -> R) -> R {
+    const STACK: usize = 64;
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len > STACK {
+        return f(&parts.concat());
+    }
+    let mut buf = [0u8; STACK];
+    let mut at = 0;
+    for part in parts {
+        buf[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    f(&buf[..len])
+}
+
 /// A key and its value, as scans return them.
 pub type Entry = (Vec<u8>, Vec<u8>);
 

@@ -155,9 +155,8 @@ impl StateStore for RocksStore {
                 .get_cf(&self.cf(store)?, key)
                 .map_err(StateError::Io);
         };
-        let cache_key = RecordCache::key(*database, store, key);
         // Only known stores' records are cached, so a hit needs no column family.
-        if let Some(value) = records.get(&cache_key) {
+        if let Some(value) = records.get(*database, store, key) {
             return Ok(Some(value));
         }
         let cf = self.cf(store)?;
@@ -170,7 +169,7 @@ impl StateStore for RocksStore {
         if let Some(value) = &value {
             let writes = self.writes();
             if *writes == writes_before {
-                records.insert(cache_key, value.clone());
+                records.insert(*database, store, key, value.clone());
             }
         }
         Ok(value)
@@ -190,10 +189,9 @@ impl StateStore for RocksStore {
         *writes += 1;
         if let Some((records, database)) = &self.records {
             for (store, key, value) in batch.ops {
-                let cache_key = RecordCache::key(*database, &store, &key);
                 match value {
-                    Some(value) => records.update(cache_key, value),
-                    None => records.remove(&cache_key),
+                    Some(value) => records.update(*database, &store, &key, value),
+                    None => records.remove(*database, &store, &key),
                 }
             }
         }
