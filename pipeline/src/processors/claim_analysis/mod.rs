@@ -2,6 +2,7 @@
 
 mod config;
 mod lines;
+mod member;
 mod processor;
 pub mod rules;
 #[cfg(test)]

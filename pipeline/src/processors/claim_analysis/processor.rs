@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::ClaimAnalysisConfig;
 use super::lines::{self, Line, EM_MIX, PROCEDURE_AMOUNTS};
+use super::member::{MemberActivity, Recent};
 use super::rules::{self, reason, AmountStats, Reason};
 use crate::avro::schemas::CLAIM_ANALYSIS;
 use crate::processors::change::{column, number, Cell, Change, Row};
@@ -27,8 +28,11 @@ use crate::runtime::{
 const POLICIES: &str = "policies";
 const CLAIMS: &str = "claims";
 const EXACT: &str = "exact";
-const RECENT: &str = "recent";
-const MEMBER_DAYS: &str = "member_days";
+/// Per member: its recent claims ([`MemberActivity`]).
+const MEMBER_ACTIVITY: &str = "member_activity";
+/// Stores of earlier versions, now unread: declared so that state and changelogs written
+/// by them still open and restore.
+const RETIRED: [&str; 2] = ["recent", "member_days"];
 const AMOUNTS: &str = "amounts";
 /// Per provider: claims by service day, within the velocity window of the latest day.
 const PROVIDER_DAYS: &str = "provider_days";
@@ -37,19 +41,6 @@ const WAITING: &str = "waiting";
 /// The member whose [`WAITING`] entry holds a waiting claim, by claim id: a line of a
 /// waiting claim finds it with two reads instead of a scan of every waiting member.
 const WAITING_CLAIMS: &str = "waiting_claims";
-/// Velocity windows up to this many days read each day's claims by key; longer ones scan
-/// the member's days.
-const POINT_READ_DAYS: i32 = 4;
-
-/// `MEMBER_DAYS` key: the member, then the day with its sign bit flipped, so a member's
-/// days sort in day order (negative days included).
-fn member_day_key(member: i64, day: i32) -> [u8; 12] {
-    let mut key = [0u8; 12];
-    key[..8].copy_from_slice(&member.to_be_bytes());
-    key[8..].copy_from_slice(&((day as u32) ^ (1 << 31)).to_be_bytes());
-    key
-}
-
 /// `EXACT` key: what two claims share when one is an exact duplicate of the other.
 /// Fixed-width numbers first, then the claim type and each diagnosis after a 0 byte
 /// (text columns cannot hold one).
@@ -65,14 +56,6 @@ fn exact_key(claim: &Claim) -> Vec<u8> {
         key.push(0);
         key.extend_from_slice(diagnosis.as_bytes());
     }
-    key
-}
-
-/// `RECENT` key: the member, then the provider.
-fn recent_key(member: i64, provider: i64) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&member.to_be_bytes());
-    key[8..].copy_from_slice(&provider.to_be_bytes());
     key
 }
 
@@ -138,14 +121,6 @@ impl Claim {
     fn analysis_id(&self) -> String {
         format!("{}/{}/{:08}", self.position, self.claim_id, self.revision)
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Recent {
-    claim_id: i64,
-    from: i32,
-    billed: f64,
-    diagnoses: Vec<String>,
 }
 
 pub struct ClaimAnalysis {
@@ -423,13 +398,20 @@ impl ClaimAnalysis {
 
         // Near duplicates: same member, provider and diagnoses within the window, amount within 6%.
         let window = self.days(&self.config.duplicate_window);
-        let member_provider = recent_key(claim.member, claim.provider);
-        let mut recent: Vec<Recent> = ctx.get_state(RECENT, &member_provider)?.unwrap_or_default();
+        let member_key = claim.member.to_be_bytes();
+        let mut member: MemberActivity = ctx
+            .get_state(MEMBER_ACTIVITY, &member_key)?
+            .unwrap_or_default();
+        let this = Recent {
+            claim_id: claim.claim_id,
+            provider: claim.provider,
+            from: claim.from,
+            billed: claim.billed,
+            diagnoses: claim.diagnoses.clone(),
+        };
         if !reasons.iter().any(|r| r.code == "DUPLICATE_EXACT") {
-            if let Some(r) = recent.iter().find(|r| {
-                r.claim_id != claim.claim_id
-                    && (r.from - claim.from).abs() <= window
-                    && r.from != claim.from
+            if let Some(r) = member.near(&this, window, |r| {
+                r.from != claim.from
                     && r.diagnoses == claim.diagnoses
                     && (claim.billed / r.billed - 1.0).abs() <= 0.06
             }) {
@@ -443,14 +425,7 @@ impl ClaimAnalysis {
                 ));
             }
         }
-        recent.retain(|r| (r.from - claim.from).abs() <= window);
-        recent.push(Recent {
-            claim_id: claim.claim_id,
-            from: claim.from,
-            billed: claim.billed,
-            diagnoses: claim.diagnoses.clone(),
-        });
-        ctx.put_state(RECENT, &member_provider, &recent);
+        member.add_recent(this, window);
 
         // Amount outliers against the provider's history for this kind of claim.
         let stats_key = amounts_key(claim.provider, &claim.claim_type);
@@ -506,44 +481,10 @@ impl ClaimAnalysis {
         self.emit(ctx, &claim, claim.analysis_id());
 
         // Member velocity: more than the limit within the window flags the whole burst.
-        // Claims are indexed by (member, service day), so claims arriving out of date
-        // order are counted against the right days.
-        let day_key = member_day_key(claim.member, claim.from);
-        let mut ids: Vec<i64> = ctx.get_state(MEMBER_DAYS, &day_key)?.unwrap_or_default();
-        if !ids.contains(&claim.claim_id) {
-            ids.push(claim.claim_id);
-        }
-        ctx.put_state(MEMBER_DAYS, &day_key, &ids);
-        // The days within the window, in day order: a few point reads for a short window
-        // (one, this day's, for the default of a day) rather than a scan of every day.
-        let mut near: Vec<(i32, i64)> = Vec::new();
-        if velocity_days <= POINT_READ_DAYS {
-            let span = velocity_days - 1;
-            for day in claim.from - span..=claim.from + span {
-                let ids_of_day = if day == claim.from {
-                    ids.clone()
-                } else {
-                    ctx.get_state::<Vec<i64>>(MEMBER_DAYS, &member_day_key(claim.member, day))?
-                        .unwrap_or_default()
-                };
-                near.extend(ids_of_day.into_iter().map(|id| (day, id)));
-            }
-        } else {
-            for (key, ids) in
-                ctx.scan_state::<Vec<i64>>(MEMBER_DAYS, &claim.member.to_be_bytes())?
-            {
-                let Some(day) = key
-                    .get(8..12)
-                    .and_then(|b| b.try_into().ok())
-                    .map(|b| (u32::from_be_bytes(b) ^ (1 << 31)) as i32)
-                else {
-                    continue;
-                };
-                if (day - claim.from).abs() < velocity_days {
-                    near.extend(ids.into_iter().map(|id| (day, id)));
-                }
-            }
-        }
+        // Claims are counted by service day, so claims arriving out of date order are
+        // counted against the right days.
+        let near = member.add_day(claim.from, claim.claim_id, velocity_days);
+        ctx.put_state(MEMBER_ACTIVITY, &member_key, &member);
         if near.len() > self.config.member_velocity_limit as usize {
             for (_, id) in &near {
                 let Some(mut other) = ctx.get_state::<Claim>(CLAIMS, &id.to_be_bytes())? else {
@@ -643,19 +584,20 @@ impl ClaimAnalysis {
 
 impl Processor for ClaimAnalysis {
     fn stores(&self) -> Vec<&'static str> {
-        vec![
+        let mut stores = vec![
             POLICIES,
             CLAIMS,
             EXACT,
-            RECENT,
-            MEMBER_DAYS,
+            MEMBER_ACTIVITY,
             AMOUNTS,
             WAITING,
             WAITING_CLAIMS,
             PROCEDURE_AMOUNTS,
             EM_MIX,
             PROVIDER_DAYS,
-        ]
+        ];
+        stores.extend(RETIRED);
+        stores
     }
 
     fn process(&mut self, event: &Event<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
