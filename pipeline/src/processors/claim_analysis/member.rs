@@ -1,6 +1,7 @@
-//! A member's claims, as the near-duplicate and member-velocity features read them: one
-//! state record per member, so a claim reads and writes one key of its member for both
-//! features (two keys per claim, each new to RocksDB, cost more than the features).
+//! A member's claims, as the duplicate and member-velocity features read them: one state
+//! record per member, so a claim reads and writes one key of its member for all three
+//! features (a key per feature and claim, each new to RocksDB, cost more than the
+//! features themselves).
 //!
 //! Claims of a member arrive in any service-date order (a snapshot or a backlog of old
 //! claims), so what is kept is not pruned against the latest service day:
@@ -53,6 +54,14 @@ impl MemberActivity {
                 || (r.claim_id != claim.claim_id && (r.from - claim.from).abs() <= window)
         });
         self.recent.push(claim);
+    }
+
+    /// The claims served on `day`.
+    pub fn claims_on(&self, day: i32) -> Vec<i64> {
+        match self.days.binary_search_by_key(&day, |(d, _)| *d) {
+            Ok(at) => self.days[at].1.clone(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Adds claim `id`, served on `day`, to its day and returns the claims (day, id) within

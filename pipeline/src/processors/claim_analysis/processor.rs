@@ -27,12 +27,11 @@ use crate::runtime::{
 
 const POLICIES: &str = "policies";
 const CLAIMS: &str = "claims";
-const EXACT: &str = "exact";
 /// Per member: its recent claims ([`MemberActivity`]).
 const MEMBER_ACTIVITY: &str = "member_activity";
 /// Stores of earlier versions, now unread: declared so that state and changelogs written
 /// by them still open and restore.
-const RETIRED: [&str; 2] = ["recent", "member_days"];
+const RETIRED: [&str; 3] = ["exact", "recent", "member_days"];
 const AMOUNTS: &str = "amounts";
 /// Per provider: claims by service day, within the velocity window of the latest day.
 const PROVIDER_DAYS: &str = "provider_days";
@@ -41,7 +40,7 @@ const WAITING: &str = "waiting";
 /// The member whose [`WAITING`] entry holds a waiting claim, by claim id: a line of a
 /// waiting claim finds it with two reads instead of a scan of every waiting member.
 const WAITING_CLAIMS: &str = "waiting_claims";
-/// `EXACT` key: what two claims share when one is an exact duplicate of the other.
+/// What two claims share when one is an exact duplicate of the other.
 /// Fixed-width numbers first, then the claim type and each diagnosis after a 0 byte
 /// (text columns cannot hold one).
 fn exact_key(claim: &Claim) -> Vec<u8> {
@@ -366,20 +365,34 @@ impl ClaimAnalysis {
             ));
         }
 
-        // Exact duplicates: same member, provider, dates, diagnoses and amount.
+        let member_key = claim.member.to_be_bytes();
+        let mut member: MemberActivity = ctx
+            .get_state(MEMBER_ACTIVITY, &member_key)?
+            .unwrap_or_default();
+
+        // Exact duplicates: same member, provider, dates, diagnoses and amount, so served
+        // the same day: the member's claims of that day are the candidates. Of two exact
+        // duplicates the one committed later is flagged, whichever reached this stage
+        // first (claims of one member come from several partitions upstream).
         let exact = exact_key(&claim);
-        // Of two exact duplicates the one committed later is flagged, whichever reached
-        // this stage first (claims of one member come from several partitions upstream).
-        let stored = match ctx.get_state::<i64>(EXACT, &exact)? {
-            Some(id) if id != claim.claim_id => {
-                let original = ctx.get_state::<Claim>(CLAIMS, &id.to_be_bytes())?;
-                Some((id, original))
+        let mut original: Option<Claim> = None;
+        for id in member.claims_on(claim.from) {
+            if id == claim.claim_id {
+                continue;
             }
-            _ => None,
-        };
-        match stored {
-            Some((_, Some(mut original))) if original.position > claim.position => {
-                ctx.put_state(EXACT, &exact, &claim.claim_id);
+            let Some(other) = ctx.get_state::<Claim>(CLAIMS, &id.to_be_bytes())? else {
+                continue;
+            };
+            if exact_key(&other) == exact
+                && original
+                    .as_ref()
+                    .is_none_or(|o| other.position < o.position)
+            {
+                original = Some(other);
+            }
+        }
+        match original {
+            Some(mut original) if original.position > claim.position => {
                 if !original.reasons.iter().any(|r| r.code == "DUPLICATE_EXACT") {
                     original.reasons.push(reason(
                         "DUPLICATE_EXACT",
@@ -390,18 +403,15 @@ impl ClaimAnalysis {
                     self.emit(ctx, &original, original.analysis_id());
                 }
             }
-            Some((first, _)) => {
-                reasons.push(reason("DUPLICATE_EXACT", format!("same as claim {first}")));
-            }
-            None => ctx.put_state(EXACT, &exact, &claim.claim_id),
+            Some(original) => reasons.push(reason(
+                "DUPLICATE_EXACT",
+                format!("same as claim {}", original.claim_id),
+            )),
+            None => {}
         }
 
         // Near duplicates: same member, provider and diagnoses within the window, amount within 6%.
         let window = self.days(&self.config.duplicate_window);
-        let member_key = claim.member.to_be_bytes();
-        let mut member: MemberActivity = ctx
-            .get_state(MEMBER_ACTIVITY, &member_key)?
-            .unwrap_or_default();
         let this = Recent {
             claim_id: claim.claim_id,
             provider: claim.provider,
@@ -587,7 +597,6 @@ impl Processor for ClaimAnalysis {
         let mut stores = vec![
             POLICIES,
             CLAIMS,
-            EXACT,
             MEMBER_ACTIVITY,
             AMOUNTS,
             WAITING,
