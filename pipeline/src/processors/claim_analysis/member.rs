@@ -56,6 +56,11 @@ impl MemberActivity {
         self.recent.push(claim);
     }
 
+    /// Whether claim `id` is one of the member's (it was analysed).
+    pub fn has(&self, id: i64) -> bool {
+        self.days.iter().any(|(_, ids)| ids.contains(&id))
+    }
+
     /// The claims served on `day`.
     pub fn claims_on(&self, day: i32) -> Vec<i64> {
         match self.days.binary_search_by_key(&day, |(d, _)| *d) {

@@ -166,6 +166,13 @@ fn strings(row: &Row, name: &str) -> Vec<String> {
     }
 }
 
+/// The activity of `member` ([`MEMBER_ACTIVITY`]); none yet for a member new here.
+fn member_activity(ctx: &Context<'_>, member: i64) -> Result<MemberActivity, ProcessError> {
+    Ok(ctx
+        .get_state(MEMBER_ACTIVITY, &member.to_be_bytes())?
+        .unwrap_or_default())
+}
+
 impl ClaimAnalysis {
     pub fn new(config: ClaimAnalysisConfig) -> Self {
         Self {
@@ -299,16 +306,20 @@ impl ClaimAnalysis {
             ctx.delete(WAITING, &key);
             for claim in waiting {
                 ctx.delete(WAITING_CLAIMS, &claim.claim_id.to_be_bytes());
-                self.analyse(claim, &policies, ctx)?;
+                let activity = member_activity(ctx, member)?;
+                self.analyse(claim, &policies, activity, ctx)?;
             }
         }
         Ok(())
     }
 
+    /// Analyses `claim`, new to this stage, of a member with `policies` and `member`'s
+    /// activity as the state holds it.
     fn analyse(
         &self,
         mut claim: Claim,
         policies: &[Policy],
+        mut member: MemberActivity,
         ctx: &mut Context<'_>,
     ) -> Result<(), ProcessError> {
         let today = claim.event_time_ms.div_euclid(DAY_MS) as i32;
@@ -364,11 +375,6 @@ impl ClaimAnalysis {
                 "no policy of the member covers the service date".into(),
             ));
         }
-
-        let member_key = claim.member.to_be_bytes();
-        let mut member: MemberActivity = ctx
-            .get_state(MEMBER_ACTIVITY, &member_key)?
-            .unwrap_or_default();
 
         // Exact duplicates: same member, provider, dates, diagnoses and amount, so served
         // the same day: the member's claims of that day are the candidates. Of two exact
@@ -494,7 +500,7 @@ impl ClaimAnalysis {
         // Claims are counted by service day, so claims arriving out of date order are
         // counted against the right days.
         let near = member.add_day(claim.from, claim.claim_id, velocity_days);
-        ctx.put_state(MEMBER_ACTIVITY, &member_key, &member);
+        ctx.put_state(MEMBER_ACTIVITY, &claim.member.to_be_bytes(), &member);
         if near.len() > self.config.member_velocity_limit as usize {
             for (_, id) in &near {
                 let Some(mut other) = ctx.get_state::<Claim>(CLAIMS, &id.to_be_bytes())? else {
@@ -615,12 +621,13 @@ impl Processor for ClaimAnalysis {
             Some("policies") => self.policy(&change, ctx),
             Some("claims") if matches!(change.op, "c" | "r") => {
                 let claim = self.read_claim(&change, event)?;
-                if ctx.get(CLAIMS, &claim.claim_id.to_be_bytes())?.is_some() {
+                let member = member_activity(ctx, claim.member)?;
+                if member.has(claim.claim_id) {
                     return Ok(()); // analysed already
                 }
                 let key = claim.member.to_be_bytes();
                 match ctx.get_state::<Vec<Policy>>(POLICIES, &key)? {
-                    Some(policies) => self.analyse(claim, &policies, ctx),
+                    Some(policies) => self.analyse(claim, &policies, member, ctx),
                     None => {
                         let mut waiting: Vec<Claim> =
                             ctx.get_state(WAITING, &key)?.unwrap_or_default();
@@ -657,7 +664,8 @@ impl Processor for ClaimAnalysis {
         }
         for claim in due {
             ctx.delete(WAITING_CLAIMS, &claim.claim_id.to_be_bytes());
-            self.analyse(claim, &[], ctx)?;
+            let member = member_activity(ctx, claim.member)?;
+            self.analyse(claim, &[], member, ctx)?;
         }
         Ok(())
     }

@@ -373,3 +373,13 @@ fn of_two_exact_duplicates_the_later_committed_is_flagged_in_any_order() {
         "claim 2's analysis is revised"
     );
 }
+
+#[test]
+fn a_claim_delivered_again_is_analysed_once() {
+    let mut f = Feeder::new();
+    assert_eq!(f.claim(1, 1, 100, 200.0).len(), 1);
+    f.line(1, 1, "99213", 200.0);
+    // Again later (a redelivery, or a snapshot read after the insert), another day between.
+    f.claim(405, 1, 100, 90.0);
+    assert!(f.claim(1, 1, 100, 200.0).is_empty());
+}
