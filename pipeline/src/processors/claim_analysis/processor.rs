@@ -397,23 +397,21 @@ impl ClaimAnalysis {
                 original = Some(other);
             }
         }
-        match original {
-            Some(mut original) if original.position > claim.position => {
-                if !original.reasons.iter().any(|r| r.code == "DUPLICATE_EXACT") {
-                    original.reasons.push(reason(
-                        "DUPLICATE_EXACT",
-                        format!("same as claim {}", claim.claim_id),
-                    ));
-                    original.revision += 1;
-                    ctx.put_state(CLAIMS, &original.claim_id.to_be_bytes(), &original);
-                    self.emit(ctx, &original, original.analysis_id());
-                }
+        if let Some(mut original) = original {
+            if original.position < claim.position {
+                reasons.push(reason(
+                    "DUPLICATE_EXACT",
+                    format!("same as claim {}", original.claim_id),
+                ));
+            } else if !original.reasons.iter().any(|r| r.code == "DUPLICATE_EXACT") {
+                original.reasons.push(reason(
+                    "DUPLICATE_EXACT",
+                    format!("same as claim {}", claim.claim_id),
+                ));
+                original.revision += 1;
+                ctx.put_state(CLAIMS, &original.claim_id.to_be_bytes(), &original);
+                self.emit(ctx, &original, original.analysis_id());
             }
-            Some(original) => reasons.push(reason(
-                "DUPLICATE_EXACT",
-                format!("same as claim {}", original.claim_id),
-            )),
-            None => {}
         }
 
         // Near duplicates: same member, provider and diagnoses within the window, amount within 6%.
