@@ -398,7 +398,7 @@ impl ClaimAnalysis {
             }
         }
         if let Some(mut original) = original {
-            if original.position < claim.position {
+            if original.position <= claim.position {
                 reasons.push(reason(
                     "DUPLICATE_EXACT",
                     format!("same as claim {}", original.claim_id),
