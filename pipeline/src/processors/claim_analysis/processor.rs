@@ -27,7 +27,8 @@ use crate::runtime::{
 
 const POLICIES: &str = "policies";
 const CLAIMS: &str = "claims";
-/// Per member: its recent claims ([`MemberActivity`]).
+/// Per member: its claims by service day, and its recent claims per provider
+/// ([`MemberActivity`]).
 const MEMBER_ACTIVITY: &str = "member_activity";
 /// Stores of earlier versions, now unread: declared so that state and changelogs written
 /// by them still open and restore.
