@@ -61,18 +61,23 @@ impl MemberActivity {
         self.days.iter().any(|(_, ids)| ids.contains(&id))
     }
 
+    /// Where `day` is in `days`, or where it would go.
+    fn day_index(&self, day: i32) -> Result<usize, usize> {
+        self.days.binary_search_by_key(&day, |(d, _)| *d)
+    }
+
     /// The claims served on `day`.
-    pub fn claims_on(&self, day: i32) -> Vec<i64> {
-        match self.days.binary_search_by_key(&day, |(d, _)| *d) {
-            Ok(at) => self.days[at].1.clone(),
-            Err(_) => Vec::new(),
+    pub fn claims_on(&self, day: i32) -> &[i64] {
+        match self.day_index(day) {
+            Ok(at) => &self.days[at].1,
+            Err(_) => &[],
         }
     }
 
     /// Adds claim `id`, served on `day`, to its day and returns the claims (day, id) within
     /// `window` days of `day` (a day's distance below `window`), in day order.
     pub fn add_day(&mut self, day: i32, id: i64, window: i32) -> Vec<(i32, i64)> {
-        match self.days.binary_search_by_key(&day, |(d, _)| *d) {
+        match self.day_index(day) {
             Ok(at) if !self.days[at].1.contains(&id) => self.days[at].1.push(id),
             Ok(_) => {}
             Err(at) => self.days.insert(at, (day, vec![id])),

@@ -383,7 +383,7 @@ impl ClaimAnalysis {
         // first (claims of one member come from several partitions upstream).
         let exact = exact_key(&claim);
         let mut original: Option<Claim> = None;
-        for id in member.claims_on(claim.from) {
+        for &id in member.claims_on(claim.from) {
             if id == claim.claim_id {
                 continue;
             }
