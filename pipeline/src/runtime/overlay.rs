@@ -29,15 +29,17 @@ impl Overlay {
         Self::default()
     }
 
+    /// Where `store` is in `stores`, or where it would go.
+    fn index(&self, store: &str) -> Result<usize, usize> {
+        self.stores.binary_search_by(|(name, _)| (*name).cmp(store))
+    }
+
     fn changes(&self, store: &str) -> Option<&BTreeMap<Vec<u8>, Change>> {
-        self.stores
-            .iter()
-            .find(|(name, _)| *name == store)
-            .map(|(_, changes)| changes)
+        self.index(store).ok().map(|at| &self.stores[at].1)
     }
 
     fn changes_mut(&mut self, store: &'static str) -> &mut BTreeMap<Vec<u8>, Change> {
-        let at = match self.stores.binary_search_by(|(name, _)| (*name).cmp(store)) {
+        let at = match self.index(store) {
             Ok(at) => at,
             Err(at) => {
                 self.stores.insert(at, (store, BTreeMap::new()));
