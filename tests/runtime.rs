@@ -327,18 +327,17 @@ async fn read_distinct_outputs(f: &Fixture, n: usize) -> Vec<Read> {
         out.iter().map(output_id).collect::<HashSet<_>>().len() >= n
     })
     .await;
-    let mut first: HashMap<String, Read> = HashMap::new();
+    let mut payloads: HashMap<String, Vec<u8>> = HashMap::new();
     let mut once = Vec::new();
     for record in out {
-        match first.get(&output_id(&record)) {
+        let id = output_id(&record);
+        match payloads.get(&id) {
             Some(earlier) => assert_eq!(
-                earlier.1,
-                record.1,
-                "output {} written twice with different contents",
-                output_id(&record)
+                *earlier, record.1,
+                "output {id} written twice with different contents"
             ),
             None => {
-                first.insert(output_id(&record), record.clone());
+                payloads.insert(id, record.1.clone());
                 once.push(record);
             }
         }
@@ -477,7 +476,6 @@ async fn a_second_instance_shares_the_work_and_takes_over_its_state() {
     let registry_dir = tempfile::tempdir().unwrap();
     let registry = start_registry(registry_dir.path()).await;
     let f = Fixture::new(&registry.url).await;
-    let brokers = kafka_brokers();
     let ticks = |member: &'static str, from: i64| -> Vec<(&'static str, i64, bool)> {
         (0..5).map(|i| (member, (from + i) * 100, false)).collect()
     };
