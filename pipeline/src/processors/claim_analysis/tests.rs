@@ -383,3 +383,29 @@ fn a_claim_delivered_again_is_analysed_once() {
     f.claim(405, 1, 100, 90.0);
     assert!(f.claim(1, 1, 100, 200.0).is_empty());
 }
+
+#[test]
+fn a_claim_missing_a_required_field_is_rejected_with_the_field_named() {
+    let mut f = Feeder::new();
+    f.position += 1;
+    let claim = envelope(
+        "claims",
+        f.position,
+        NOW_MS,
+        vec![
+            ("claim_id", Value::Long(7)),
+            ("provider_id", Value::Long(3)),
+            ("service_date_from", Value::Date(DAY)),
+            ("service_date_to", Value::Date(DAY)),
+            ("submitted_date", Value::Date(DAY)),
+            ("billed_amount", Value::Double(100.0)),
+        ],
+    );
+    match f.feed(claim) {
+        Err(crate::runtime::ProcessError::Rejected(r)) => {
+            assert_eq!(r.code, "claim.missing_field");
+            assert!(r.to_string().contains("member_id"), "{r}");
+        }
+        other => panic!("a claim without member_id must be rejected, not {other:?}"),
+    }
+}
