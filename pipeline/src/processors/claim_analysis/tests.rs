@@ -55,10 +55,19 @@ impl Feeder {
         })
     }
 
-    fn row(&mut self, table: &str, row: Vec<(&str, Value)>) -> Vec<Output> {
+    /// A row of `table` at the next position, and what processing it gave.
+    fn try_row(
+        &mut self,
+        table: &str,
+        row: Vec<(&str, Value)>,
+    ) -> Result<Vec<Output>, crate::runtime::ProcessError> {
         self.position += 1;
         let value = envelope(table, self.position, NOW_MS, row);
-        self.feed(value).expect("processed")
+        self.feed(value)
+    }
+
+    fn row(&mut self, table: &str, row: Vec<(&str, Value)>) -> Vec<Output> {
+        self.try_row(table, row).expect("processed")
     }
 
     /// Claim `id`, served on `DAY - id % 200`; the analyses it leads to.
@@ -200,19 +209,9 @@ fn a_provider_billing_high_levels_far_more_than_its_peers_is_upcoding() {
 #[test]
 fn a_line_of_a_claim_never_seen_is_rejected() {
     let mut f = Feeder::new();
-    f.position += 1;
-    let line = envelope(
-        "claim_lines",
-        f.position,
-        NOW_MS,
-        vec![
-            ("claim_id", Value::Long(999)),
-            ("line_number", Value::Long(1)),
-            ("procedure_code", Value::String("99213".into())),
-            ("charge_amount", Value::Double(1.0)),
-        ],
-    );
-    let err = f.feed(line).unwrap_err();
+    let err = f
+        .try_row("claim_lines", Feeder::line_row(999, 1, "99213", 1.0))
+        .unwrap_err();
     assert!(err.to_string().contains("claim_assembly"), "{err}");
 }
 
@@ -387,11 +386,8 @@ fn a_claim_delivered_again_is_analysed_once() {
 #[test]
 fn a_claim_missing_a_required_field_is_rejected_with_the_field_named() {
     let mut f = Feeder::new();
-    f.position += 1;
-    let claim = envelope(
+    let processed = f.try_row(
         "claims",
-        f.position,
-        NOW_MS,
         vec![
             ("claim_id", Value::Long(7)),
             ("provider_id", Value::Long(3)),
@@ -401,7 +397,7 @@ fn a_claim_missing_a_required_field_is_rejected_with_the_field_named() {
             ("billed_amount", Value::Double(100.0)),
         ],
     );
-    match f.feed(claim) {
+    match processed {
         Err(crate::runtime::ProcessError::Rejected(r)) => {
             assert_eq!(r.code, "claim.missing_field");
             assert!(r.to_string().contains("member_id"), "{r}");
