@@ -8,7 +8,7 @@
 #   scripts/services.sh stop     # idempotent
 #   scripts/services.sh status
 #   scripts/services.sh env      # the `export` lines only
-#   scripts/services.sh restart-broker | restart-postgres
+#   scripts/services.sh restart-broker | restart-postgres | crash-postgres
 #   scripts/services.sh stop-broker | start-broker | stop-postgres | start-postgres
 #                                # one service at a time, for the fault tests
 set -euo pipefail
@@ -208,6 +208,12 @@ case "${1:-start}" in
     stop_postgres
     start_postgres
     ;;
+  crash-postgres)
+    # A crash, not a stop: no checkpoint, the next start replays the WAL.
+    as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+    log "postgres stopped -m immediate"
+    start_postgres
+    ;;
   stop-broker) stop_pidfile tansu ;;
   start-broker) start_broker ;;
   stop-postgres) stop_postgres ;;
@@ -219,5 +225,5 @@ case "${1:-start}" in
     port_open "$S3_PORT" && echo "s3: up (127.0.0.1:$S3_PORT)" || echo "s3: down"
     ;;
   env) print_env ;;
-  *) die "usage: $0 start|stop|status|env|restart-broker|reset-broker|restart-postgres|stop-broker|start-broker|stop-postgres|start-postgres" ;;
+  *) die "usage: $0 start|stop|status|env|restart-broker|reset-broker|restart-postgres|crash-postgres|stop-broker|start-broker|stop-postgres|start-postgres" ;;
 esac

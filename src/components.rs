@@ -170,11 +170,17 @@ impl Components {
     ) -> Option<ComponentTask> {
         let (sink, batching): (Box<dyn Sink>, Batching) = match component.kind.as_str() {
             "hot_store" => match parse_settings::<HotSinkConfig>(&component.settings) {
-                Ok(c) => (Box::new(sinks::hot::store(&c)), c.batching),
+                Ok(c) => (
+                    Box::new(sinks::hot::store(&c, self.codec.clone())),
+                    c.batching,
+                ),
                 Err(e) => return Some(settings_error(e)),
             },
             "warm_store" => match parse_settings::<WarmSinkConfig>(&component.settings) {
-                Ok(c) => (Box::new(sinks::warm::store(&c)), c.batching),
+                Ok(c) => (
+                    Box::new(sinks::warm::store(&c, self.codec.clone())),
+                    c.batching,
+                ),
                 Err(e) => return Some(settings_error(e)),
             },
             "cold_archive" => match parse_settings::<ColdSinkConfig>(&component.settings) {

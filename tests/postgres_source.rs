@@ -112,8 +112,8 @@ impl Fixture {
         consumer
     }
 
-    /// (op, position, key id) of one record.
-    async fn read(&self, msg: &BorrowedMessage<'_>) -> (String, String, Option<i64>) {
+    /// (op, position, key id, `source.ts_ms`) of one record.
+    async fn read(&self, msg: &BorrowedMessage<'_>) -> (String, String, Option<i64>, i64) {
         let decoded = self
             .codec
             .decode(msg.payload().unwrap())
@@ -121,6 +121,10 @@ impl Fixture {
             .expect("value decodes");
         let op = text(field(&decoded.value, "op"));
         let position = text(field(field(&decoded.value, "source"), "position"));
+        let ts_ms = match field(field(&decoded.value, "source"), "ts_ms") {
+            Value::Long(ms) => *ms,
+            v => panic!("source.ts_ms: {v:?}"),
+        };
         let id = match msg.key() {
             Some(key) => match field(
                 &self.codec.decode(key).await.expect("key decodes").value,
@@ -131,7 +135,7 @@ impl Fixture {
             },
             None => None,
         };
-        (op, position, id)
+        (op, position, id, ts_ms)
     }
 
     async fn finish(mut self) {
@@ -188,10 +192,16 @@ async fn snapshot_then_changes_reach_kafka_in_order() {
     let mut by_op: BTreeMap<String, usize> = BTreeMap::new();
     let mut positions: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     let mut truncated_at = None;
+    let (mut snapshot_ts, mut streamed_ts) = (Vec::new(), Vec::new());
     let completed = tokio::time::timeout(Duration::from_secs(90), async {
         while by_op.values().sum::<usize>() < 105 {
             let msg = consumer.recv().await.expect("a record");
-            let (op, position, id) = f.read(&msg).await;
+            let (op, position, id, ts_ms) = f.read(&msg).await;
+            if op == "r" {
+                snapshot_ts.push(ts_ms)
+            } else {
+                streamed_ts.push(ts_ms)
+            }
             match id {
                 Some(id) => positions.entry(id).or_default().push(position),
                 None => {
@@ -247,6 +257,18 @@ async fn snapshot_then_changes_reach_kafka_in_order() {
         five.len() == 2 && five[0] < five[1],
         "snapshot before update for id 5: {five:?}"
     );
+    // A snapshot row is as old as the slot's consistent point, not its read time: never
+    // later than a change committed after that point (the update of id 5 may well have
+    // committed before the snapshot read its row).
+    assert!(
+        snapshot_ts.iter().all(|ts| *ts == snapshot_ts[0]),
+        "one time for the snapshot"
+    );
+    assert!(
+        streamed_ts.iter().all(|ts| *ts >= snapshot_ts[0]),
+        "snapshot at {}, changes at {streamed_ts:?}",
+        snapshot_ts[0]
+    );
 
     stop.cancel();
     task.await.unwrap().expect("the source stops cleanly");
@@ -296,7 +318,7 @@ async fn resumes_from_the_confirmed_position_after_a_restart() {
                 < ids
             {
                 let msg = consumer.recv().await.expect("a record");
-                let (_, position, id) = f.read(&msg).await;
+                let (_, position, id, _) = f.read(&msg).await;
                 if !seen.insert((id.expect("a key"), position)) {
                     duplicates += 1;
                 }

@@ -214,8 +214,8 @@ async fn replay_reproduces_live_results_and_applies_new_settings() {
         }
     }
     assert_eq!(
-        archived_claims(&archive),
-        archived_claims(&archive.join("replay-same")),
+        archived_claims(&archive).await,
+        archived_claims(&archive.join("replay-same")).await,
         "cold archive"
     );
 

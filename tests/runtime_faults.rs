@@ -1,12 +1,19 @@
 //! The processor runtime under faults, against the real broker: a 100k-event run of the
 //! conflict-resolution processor (`strata run`, as its own process) is killed with
 //! SIGKILL at 20 seeded points, has its RocksDB directory deleted between some runs, and
-//! runs as two instances with a rebalance in the middle of others. Its deduplicated
-//! output must equal that of a run without faults over the same input.
+//! runs as two instances with a rebalance in the middle of others. Each key's output
+//! sequence, deduplicated by input position, must equal that of a run without faults
+//! over the same input.
+//!
+//! The outputs depend on state, not on the input alone: two origins write each claim
+//! (the cloud one version in four) under `source_priority` (the cloud owns `status`, on
+//! premise `diagnosis`), so every merged row carries the other origin's last write,
+//! which only the processor's state (restored from its changelog after a wipe) can
+//! supply. Lost or stale state gives different bytes.
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -49,8 +56,8 @@ async fn fill_input(codec: &Codec, topic: &str) {
             nullable: true,
         },
         Column {
-            name: "version".into(),
-            ty: ColumnType::Int64,
+            name: "diagnosis".into(),
+            ty: ColumnType::Text,
             nullable: true,
         },
     ];
@@ -64,23 +71,19 @@ async fn fill_input(codec: &Codec, topic: &str) {
         .await
         .unwrap();
     let producer: FutureProducer = strata_pipeline::kafka::producer(&kafka()).unwrap();
-    let statuses = ["SUBMITTED", "ADJUDICATED", "PAID", "DENIED"];
     let mut pending = Vec::new();
     for i in 0..EVENTS {
         let id = i as i64 % KEYS;
         let version = i as i64 / KEYS;
+        // One version in four is the cloud's; every value is new.
+        let origin = if version % 4 == 1 { "cloud" } else { "on-prem" };
+        let text = |v: String| Value::Union(1, Box::new(Value::String(v)));
         let row = Value::Record(vec![
             ("claim_id".into(), Value::Long(id)),
+            ("status".into(), text(format!("{origin} status {version}"))),
             (
-                "status".into(),
-                Value::Union(
-                    1,
-                    Box::new(Value::String(statuses[version as usize % 4].into())),
-                ),
-            ),
-            (
-                "version".into(),
-                Value::Union(1, Box::new(Value::Long(version))),
+                "diagnosis".into(),
+                text(format!("{origin} diagnosis {version}")),
             ),
         ]);
         let source = Value::Record(vec![
@@ -114,8 +117,11 @@ async fn fill_input(codec: &Codec, topic: &str) {
             ),
             ("ts_ms".into(), Value::Union(0, Box::new(Value::Null))),
             ("unavailable_columns".into(), Value::Array(vec![])),
-            ("origin".into(), Value::Union(0, Box::new(Value::Null))),
-            ("hlc".into(), Value::Union(0, Box::new(Value::Null))),
+            ("origin".into(), text(origin.to_string())),
+            (
+                "hlc".into(),
+                Value::Union(1, Box::new(Value::Long((i as i64 + 1) << 16))),
+            ),
         ]);
         let key = key_writer
             .encode(&Value::Record(vec![("claim_id".into(), Value::Long(id))]))
@@ -156,7 +162,10 @@ fn topology(dir: &Path, region: &str, registry: &str, input: &str, state: &Path)
          schema_registry: {{ url: '{registry}' }}\n\
          state: {{ dir: '{}' }}\n\
          topics: {{ partitions: 4 }}\n\
-         processors:\n  conflicts:\n    kind: conflict_resolution\n    inputs: ['topic:{input}']\n    origin: on-prem\n",
+         processors:\n  conflicts:\n    kind: conflict_resolution\n    inputs: ['topic:{input}']\n    origin: on-prem\n\
+         \x20   tables:\n      public.claims:\n        policy: source_priority\n\
+         \x20       field_groups:\n          clinical: {{ fields: [diagnosis], owner: on-prem }}\n\
+         \x20         workflow: {{ fields: [status], owner: cloud }}\n",
         support::kafka_brokers(),
         state.display()
     );
@@ -232,6 +241,31 @@ async fn run_until(
         }
         drain(consumer, seen, Duration::from_secs(1)).await;
     }
+}
+
+/// Each key's outputs by input position (`source.position` of the output envelope). An
+/// input position with two different outputs (a re-emitted output that is not the same
+/// record) fails the test.
+async fn by_key(
+    codec: &Codec,
+    seen: &BTreeSet<(Vec<u8>, Vec<u8>)>,
+) -> BTreeMap<Vec<u8>, BTreeMap<String, Vec<u8>>> {
+    let mut out: BTreeMap<Vec<u8>, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
+    for (key, value) in seen {
+        let decoded = codec.decode(value).await.expect("an output decodes");
+        let position = match support::field(support::field(&decoded.value, "source"), "position") {
+            Value::String(p) => p.clone(),
+            v => panic!("source.position is {v:?}"),
+        };
+        let previous = out
+            .entry(key.clone())
+            .or_default()
+            .insert(position.clone(), value.clone());
+        if let Some(other) = previous {
+            assert_eq!(&other, value, "two outputs for input position {position}");
+        }
+    }
+    out
 }
 
 /// A killed instance stays a group member until its session times out (10 s); tansu 0.6.0
@@ -324,7 +358,12 @@ async fn killed_restarted_and_rebalanced_runs_give_the_fault_free_output() {
         first.wait().unwrap();
         kills += 1;
         if round % 3 == 2 {
-            std::fs::remove_dir_all(&state).ok();
+            assert!(
+                state.exists(),
+                "round {round}: no state to wipe at {state:?}"
+            );
+            std::fs::remove_dir_all(&state).expect("the state directory is wiped");
+            assert!(!state.exists());
             wipes += 1;
         }
     }
@@ -345,10 +384,15 @@ async fn killed_restarted_and_rebalanced_runs_give_the_fault_free_output() {
         "{ROUNDS} rounds: {kills} kills, {wipes} state wipes, {rebalances} rebalances; {} distinct outputs checked",
         seen.len()
     );
+    let (got, want) = (by_key(&codec, &seen).await, by_key(&codec, &expected).await);
+    assert_eq!(got.len(), want.len(), "keys with outputs");
+    for (key, sequence) in &want {
+        assert_eq!(
+            got.get(key),
+            Some(sequence),
+            "the outputs of key {key:?} differ from the fault-free run"
+        );
+    }
     assert_eq!(seen.len(), expected.len(), "distinct outputs");
-    assert!(
-        seen == expected,
-        "the outputs differ from the fault-free run"
-    );
     registry.shutdown().await;
 }

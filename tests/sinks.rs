@@ -276,3 +276,55 @@ async fn a_record_the_store_refuses_is_returned_and_the_rest_written() {
         "the other records are written"
     );
 }
+
+/// `record` with `billed_amount` unsent: NULL in the row and named unavailable, as an
+/// unchanged TOAST value arrives when no stage could fill it.
+fn without_billed(mut record: SinkRecord) -> SinkRecord {
+    let Some(Value::Record(fields)) = record.value.as_mut() else {
+        unreachable!()
+    };
+    for (name, image) in fields.iter_mut() {
+        if let (true, Value::Union(1, row)) = (name == "after", image) {
+            if let Value::Record(columns) = &mut **row {
+                for (c, v) in columns.iter_mut() {
+                    if c == "billed_amount" {
+                        *v = Value::Union(0, Box::new(Value::Null));
+                    }
+                }
+            }
+        }
+    }
+    fields.push((
+        "unavailable_columns".into(),
+        Value::Array(vec![Value::String("billed_amount".into())]),
+    ));
+    record
+}
+
+#[tokio::test]
+async fn an_unavailable_column_keeps_its_stored_value_in_hot_and_warm() {
+    let (url, _db) = support::fresh_db("sinks_toast").await;
+    for (schema, partitioned) in [("hot", false), ("warm", true)] {
+        let mut store = PgStore::new(settings(&url), schema.into(), partitioned, 2, None);
+        store.open().await.unwrap();
+        let first = claim("r", 1, 1, "SUBMITTED", 20_000);
+        // A status change without the value; then one that also moves the row to another
+        // month (another partition, in warm).
+        let second = without_billed(claim("u", 2, 1, "ADJUDICATED", 20_000));
+        let third = without_billed(claim("u", 3, 1, "PAID", 20_100));
+        for records in [vec![first], vec![second], vec![third]] {
+            let rejected = store.write(&records).await.unwrap();
+            assert!(rejected.is_empty(), "{schema}: {rejected:?}");
+        }
+        assert_eq!(
+            table(&url, schema).await,
+            vec![(
+                1,
+                "PAID".to_string(),
+                "2025-01-12".to_string(),
+                "123.46".to_string()
+            )],
+            "{schema}: the unsent value stays as stored"
+        );
+    }
+}

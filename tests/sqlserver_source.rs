@@ -122,6 +122,8 @@ struct Event {
     op: String,
     position: String,
     snapshot: String,
+    /// `source.ts_ms`: the commit time (the snapshot's start for a snapshot row).
+    ts_ms: i64,
     id: i64,
     status: Option<String>,
     schema_id: u32,
@@ -207,6 +209,10 @@ impl Fixture {
                 op: text(field(&decoded.value, "op")).unwrap(),
                 position: text(field(source, "position")).unwrap(),
                 snapshot: text(field(source, "snapshot")).unwrap(),
+                ts_ms: match field(source, "ts_ms") {
+                    Value::Long(ms) => *ms,
+                    v => panic!("source.ts_ms is {v:?}"),
+                },
                 id: match field(image, "claim_id") {
                     Value::Long(i) => *i,
                     v => panic!("{v:?}"),
@@ -309,6 +315,10 @@ async fn snapshot_then_changes_in_commit_order_with_the_offset_stored_after_acks
     assert!(all[10..]
         .iter()
         .all(|e| e.snapshot == "false" && e.position[..20] > *snapshot_lsn));
+    // Snapshot rows are as old as the snapshot's start, never later than a change that
+    // follows them (ranked by time, a late-read row would otherwise revert it).
+    assert!(snapshot.iter().all(|e| e.ts_ms == snapshot[0].ts_ms));
+    assert!(all[10..].iter().all(|e| e.ts_ms >= snapshot[0].ts_ms));
     assert_eq!(latest(&all), statuses(&f.db));
 
     // The stored offset reaches the last change once Kafka acknowledged it.

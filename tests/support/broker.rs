@@ -25,7 +25,7 @@ pub struct ScramUser<'a> {
 }
 
 /// Starts `tansu broker` with `args` in `dir`; its listener up within 30 s, else `None`.
-fn spawn_broker(address: &str, args: &[&str], dir: Option<&Path>) -> Option<Child> {
+pub(crate) fn spawn_broker(address: &str, args: &[&str], dir: Option<&Path>) -> Option<Child> {
     let mut command = Command::new("tansu");
     command
         .arg("broker")
@@ -48,7 +48,7 @@ fn spawn_broker(address: &str, args: &[&str], dir: Option<&Path>) -> Option<Chil
     Some(child)
 }
 
-fn free_address() -> Option<String> {
+pub(crate) fn free_address() -> Option<String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .ok()?
         .local_addr()

@@ -2,8 +2,11 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod durable_broker;
+pub mod oracle;
 pub mod proxy;
 pub mod stores;
+pub mod writer;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -251,27 +254,47 @@ pub fn services(command: &str) {
 
 /// Every record of `topic` up to its current end: (key, payload).
 pub fn read_topic(topic: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    read_records(&kafka_brokers(), topic)
+        .into_iter()
+        .map(|r| (r.key, r.payload))
+        .collect()
+}
+
+/// One record read back, with its headers.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// Every record of `topic` on `brokers` up to its current end; none if the topic does
+/// not exist. A read that fails or stalls fails the test.
+pub fn read_records(brokers: &str, topic: &str) -> Vec<Record> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
     use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", unique("faults-check"))
         .set("enable.auto.commit", "false")
+        .set("allow.auto.create.topics", "false")
         .create()
         .unwrap();
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions: Vec<i32> = metadata.topics()[0]
-        .partitions()
+        .unwrap_or_else(|e| panic!("metadata of {topic}: {e}"));
+    let partitions: Vec<i32> = metadata
+        .topics()
         .iter()
-        .map(|p| p.id())
+        .filter(|t| t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     let mut records = Vec::new();
     for p in partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .unwrap();
+            .unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}"));
         if high <= low {
             continue;
         }
@@ -287,9 +310,24 @@ pub fn read_topic(topic: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
                 "reading {topic}/{p} stalled at {next} of {high}"
             );
             if let Some(m) = consumer.poll(Duration::from_millis(500)) {
-                let m = m.unwrap();
+                let m = m.unwrap_or_else(|e| panic!("reading {topic}/{p}: {e}"));
                 next = m.offset() + 1;
-                records.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap().to_vec()));
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                let value = h.value.map(String::from_utf8_lossy);
+                                (h.key.to_string(), value.unwrap_or_default().into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(Record {
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    headers,
+                });
             }
         }
     }

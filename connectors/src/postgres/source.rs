@@ -259,6 +259,10 @@ async fn run_once(
         } else {
             "(SNAPSHOT 'nothing')"
         };
+        // A snapshot row is as old as the slot's consistent point, not the time it is
+        // read: every change streamed after the snapshot committed after this instant,
+        // so no snapshot row carries a later time than a change that supersedes it.
+        let consistent_ms = crate::emitter::now_ms();
         let rows = client
             .simple_query(&format!(
                 "CREATE_REPLICATION_SLOT \"{}\" LOGICAL pgoutput {export}",
@@ -283,7 +287,7 @@ async fn run_once(
                 &options,
                 &snapshot,
                 &tables,
-                consistent,
+                (consistent, consistent_ms),
                 &mut emitter,
                 shutdown,
             )
@@ -365,7 +369,7 @@ async fn snapshot_tables(
     options: &PgConnectOptions,
     snapshot: &str,
     tables: &[prerequisites::TableInfo],
-    consistent: Lsn,
+    (consistent, consistent_ms): (Lsn, i64),
     emitter: &mut Emitter<'_, Lsn>,
     shutdown: &CancellationToken,
 ) -> Result<bool, SourceError> {
@@ -473,7 +477,7 @@ async fn snapshot_tables(
                     region: &emitter.ctx.region,
                     db: &emitter.db,
                     txid: None,
-                    commit_time_ms: crate::emitter::now_ms(),
+                    commit_time_ms: consistent_ms,
                     snapshot: "true",
                 };
                 let change = RowChange {

@@ -315,7 +315,7 @@ async fn run_once(
                         unavailable,
                     },
                     event.position,
-                    "false",
+                    None,
                 );
                 emitter.send(tx, shape, key.as_ref(), &value).await?;
             }
@@ -386,6 +386,9 @@ async fn snapshot(
             .clone();
         tables.push((table.clone(), shape));
     }
+    // Snapshot rows are as old as the snapshot's start, not the time each is read (the
+    // changes polled after it are read, and so timed, later).
+    let started_ms = now_ms();
     let at = timed(config, "the snapshot's start", reader.begin_snapshot()).await?;
     tracing::info!(snapshot_lsn = %at, tables = tables.len(), "SQL Server snapshot started");
     let tx = emitter.tracker.begin();
@@ -431,7 +434,7 @@ async fn snapshot(
                     unavailable,
                 },
                 position,
-                "true",
+                Some(started_ms),
             );
             emitter.send(tx, shape, Some(&key), &value).await?;
             index += 1;
@@ -470,7 +473,7 @@ fn change_envelope(
     shape: &TableShape,
     images: Images,
     position: Position,
-    snapshot: &str,
+    snapshot_started_ms: Option<i64>,
 ) -> Value {
     let now = now_ms();
     let source = SourceFields {
@@ -484,8 +487,12 @@ fn change_envelope(
         seqval: Some(position.seqval.to_string()),
         txid: None,
         // CDC rows do not carry their commit time; the read time stands in for it.
-        commit_time_ms: now,
-        snapshot,
+        commit_time_ms: snapshot_started_ms.unwrap_or(now),
+        snapshot: if snapshot_started_ms.is_some() {
+            "true"
+        } else {
+            "false"
+        },
     };
     envelope::envelope(shape, images, &source, now)
 }

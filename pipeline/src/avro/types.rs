@@ -216,6 +216,73 @@ impl ColumnType {
     }
 }
 
+impl ColumnType {
+    /// The column type whose [`ColumnType::avro`] is `schema` (the inverse mapping, read
+    /// by the stores to follow a column added upstream); `None` for a schema no column
+    /// type maps to.
+    pub fn from_avro(schema: &Value) -> Option<ColumnType> {
+        let logical = |name: &str| schema.get("logicalType").and_then(Value::as_str) == Some(name);
+        let strata = |name: &str| schema.get("strata.type").and_then(Value::as_str) == Some(name);
+        let base = match schema {
+            Value::String(t) => t.as_str(),
+            Value::Object(o) => o.get("type").and_then(Value::as_str)?,
+            _ => return None,
+        };
+        Some(match base {
+            "int" if logical("date") => ColumnType::Date,
+            "int" => ColumnType::Int32,
+            "long" if logical("time-micros") => ColumnType::Time,
+            "long" if logical("timestamp-micros") => ColumnType::Timestamp,
+            "long" => ColumnType::Int64,
+            "float" => ColumnType::Float32,
+            "double" => ColumnType::Float64,
+            "bytes" if logical("decimal") => ColumnType::Decimal {
+                precision: u32::try_from(schema.get("precision")?.as_u64()?).ok()?,
+                scale: schema
+                    .get("scale")
+                    .and_then(Value::as_u64)
+                    .map_or(Some(0), |s| u32::try_from(s).ok())?,
+            },
+            "bytes" => ColumnType::Bytes,
+            "string" if strata("decimal") => ColumnType::DecimalText,
+            "string" if strata("json") => ColumnType::Json,
+            "string" if logical("uuid") => ColumnType::Uuid,
+            "string" => ColumnType::Text,
+            "boolean" => ColumnType::Bool,
+            "array" => {
+                let items = schema.get("items")?;
+                let element = match items {
+                    Value::Array(branches) => branches.iter().find(|b| *b != "null")?,
+                    other => other,
+                };
+                ColumnType::Array(Box::new(ColumnType::from_avro(element)?))
+            }
+            _ => return None,
+        })
+    }
+
+    /// The PostgreSQL type a store gives a column of this type.
+    pub fn postgres(&self) -> String {
+        match self {
+            ColumnType::Int32 => "integer".into(),
+            ColumnType::Int64 => "bigint".into(),
+            ColumnType::Float32 => "real".into(),
+            ColumnType::Float64 => "double precision".into(),
+            ColumnType::Decimal { precision, scale } => format!("numeric({precision},{scale})"),
+            ColumnType::DecimalText => "numeric".into(),
+            ColumnType::Text => "text".into(),
+            ColumnType::Bool => "boolean".into(),
+            ColumnType::Date => "date".into(),
+            ColumnType::Time => "time without time zone".into(),
+            ColumnType::Timestamp => "timestamp with time zone".into(),
+            ColumnType::Uuid => "uuid".into(),
+            ColumnType::Json => "jsonb".into(),
+            ColumnType::Bytes => "bytea".into(),
+            ColumnType::Array(element) => format!("{}[]", element.postgres()),
+        }
+    }
+}
+
 impl Column {
     /// The Avro field for this column; NULL-able columns are `["null", T]` with default null.
     pub fn avro_field(&self) -> Value {
@@ -266,6 +333,45 @@ pub fn row_record(name: &str, columns: &[Column]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_column_type_reads_back_from_its_avro_form_and_has_a_store_type() {
+        let scalars = [
+            ColumnType::Int32,
+            ColumnType::Int64,
+            ColumnType::Float32,
+            ColumnType::Float64,
+            ColumnType::Decimal {
+                precision: 12,
+                scale: 2,
+            },
+            ColumnType::DecimalText,
+            ColumnType::Text,
+            ColumnType::Bool,
+            ColumnType::Date,
+            ColumnType::Time,
+            ColumnType::Timestamp,
+            ColumnType::Uuid,
+            ColumnType::Json,
+            ColumnType::Bytes,
+        ];
+        for t in scalars {
+            let array = ColumnType::Array(Box::new(t.clone()));
+            for t in [t, array] {
+                assert_eq!(ColumnType::from_avro(&t.avro()), Some(t.clone()), "{t:?}");
+                // The store's type maps back to the same column type.
+                assert_eq!(
+                    ColumnType::from_postgres(&t.postgres()),
+                    Ok(t.clone()),
+                    "{t:?}"
+                );
+            }
+        }
+        assert_eq!(
+            ColumnType::from_avro(&json!({"type": "map", "values": "int"})),
+            None
+        );
+    }
 
     #[test]
     fn postgres_types_map_as_documented() {

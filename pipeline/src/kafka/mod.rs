@@ -3,7 +3,7 @@
 pub mod acks;
 mod admin;
 mod config;
-pub mod lag;
+pub mod liveness;
 mod producer;
 pub mod rejoin;
 

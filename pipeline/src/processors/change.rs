@@ -30,6 +30,9 @@ pub struct Change<'e> {
     pub region: &'e str,
     pub origin: Option<&'e str>,
     pub hlc: Option<i64>,
+    /// Columns whose value the source did not send (an unchanged TOAST value): NULL in
+    /// the row, but not NULL in the database.
+    pub unavailable: Vec<&'e str>,
 }
 
 fn unwrap_union(v: &Value) -> &Value {
@@ -89,6 +92,10 @@ impl<'e> Change<'e> {
             hlc: match record_field(value, "hlc").map(unwrap_union) {
                 Some(Value::Long(h)) => Some(*h),
                 _ => None,
+            },
+            unavailable: match record_field(value, "unavailable_columns").map(unwrap_union) {
+                Some(Value::Array(items)) => items.iter().filter_map(|v| text(Some(v))).collect(),
+                _ => Vec::new(),
             },
         })
     }

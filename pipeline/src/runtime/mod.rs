@@ -62,6 +62,11 @@ pub enum RunError {
         at: i64,
         end: i64,
     },
+    #[error("component `{component}` stalled: {stall}")]
+    Stalled {
+        component: String,
+        stall: crate::kafka::liveness::Stall,
+    },
     #[error("components still busy {0:?} after SIGTERM; stopped without waiting longer (raise `shutdown.drain_timeout`); the next start redoes their unfinished batches")]
     DrainTimeout(std::time::Duration),
     #[error("processor `{component}` wrote to port `{port}`, which it does not declare")]
@@ -83,7 +88,7 @@ impl RunError {
                 !matches!(source, Rd::ClientConfig(..) | Rd::ClientCreation(_))
             }
             RunError::Codec(e) => e.is_transient(),
-            RunError::RestoreStalled { .. } => true,
+            RunError::RestoreStalled { .. } | RunError::Stalled { .. } => true,
             _ => false,
         }
     }

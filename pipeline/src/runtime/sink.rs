@@ -16,6 +16,7 @@
 //!   dead-letter topic; the rest of the batch is written.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
@@ -30,7 +31,7 @@ use super::dead_letter::{Letter, Stage};
 use super::RuntimeError;
 use crate::avro::Codec;
 use crate::kafka;
-use crate::kafka::lag::{LagContext, LagReporter};
+use crate::kafka::liveness::{assigned, Liveness};
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::CancellationToken;
 use crate::topology::KafkaSettings;
@@ -109,17 +110,13 @@ pub async fn run_sink(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("topic.metadata.refresh.interval.ms", "5000")
-        .set(
-            "statistics.interval.ms",
-            crate::kafka::lag::STATISTICS_INTERVAL_MS,
-        );
+        .set("topic.metadata.refresh.interval.ms", "5000");
     let kafka_error = |what: &str| {
         let what = what.to_string();
         move |source| RuntimeError::KafkaIo { what, source }
     };
-    let consumer: StreamConsumer<LagContext> = config
-        .create_with_context(LagContext(LagReporter::new(&spec.component, &metrics)))
+    let consumer: StreamConsumer = config
+        .create()
         .map_err(kafka_error("creating the consumer"))?;
     let inputs: Vec<&str> = spec.inputs.iter().map(String::as_str).collect();
     consumer
@@ -146,6 +143,14 @@ pub async fn run_sink(
 
     // One batch is written while the next is read: at most two batches in memory.
     let mut watchdog = crate::kafka::rejoin::Watchdog::new(&spec.inputs);
+    let mut liveness = Liveness::start(
+        &kafka_settings,
+        &spec.group_id,
+        &spec.component,
+        &spec.inputs,
+        &metrics,
+        spec.window.is_some(),
+    );
     let io = BatchIo {
         spec: &spec,
         consumer: &consumer,
@@ -153,12 +158,19 @@ pub async fn run_sink(
         codec: &codec,
         shutdown: &shutdown,
         counters: &counters,
+        delivering: AtomicBool::new(false),
     };
-    let mut batch = io.collect(&mut watchdog).await;
+    let mut batch = io.collect(&mut watchdog, &mut liveness).await?;
     while let Some(messages) = batch {
-        let ((), next) = futures::future::try_join(io.deliver(&messages, sink.as_mut()), async {
-            Ok(io.collect(&mut watchdog).await)
-        })
+        let ((), next) = futures::future::try_join(
+            async {
+                io.delivering.store(true, Ordering::Relaxed);
+                let delivered = io.deliver(&messages, sink.as_mut()).await;
+                io.delivering.store(false, Ordering::Relaxed);
+                delivered
+            },
+            io.collect(&mut watchdog, &mut liveness),
+        )
         .await?;
         batch = next;
     }
@@ -177,11 +189,13 @@ struct Counters {
 /// What reading and delivering a batch borrow from [`run_sink`].
 struct BatchIo<'a> {
     spec: &'a SinkSpec,
-    consumer: &'a StreamConsumer<LagContext>,
+    consumer: &'a StreamConsumer,
     producer: &'a FutureProducer,
     codec: &'a Codec,
     shutdown: &'a CancellationToken,
     counters: &'a Counters,
+    /// A batch is being written: waiting for the next one meanwhile is not idleness.
+    delivering: AtomicBool,
 }
 
 impl BatchIo<'_> {
@@ -190,19 +204,30 @@ impl BatchIo<'_> {
     async fn collect(
         &self,
         watchdog: &mut crate::kafka::rejoin::Watchdog,
-    ) -> Option<Vec<OwnedMessage>> {
+        liveness: &mut Liveness,
+    ) -> Result<Option<Vec<OwnedMessage>>, RuntimeError> {
         let spec = self.spec;
         let first = loop {
             super::off_async(|| watchdog.check(self.consumer, &spec.component));
+            if self.delivering.load(Ordering::Relaxed) {
+                liveness.received();
+            } else if let Err(stall) = liveness.check(&assigned(self.consumer)) {
+                tracing::error!(component = %spec.component, %stall, "stalled");
+                return Err(RuntimeError::Stalled {
+                    component: spec.component.clone(),
+                    stall,
+                });
+            }
             tokio::select! {
                 m = self.consumer.recv() => match m {
                     Ok(m) => break m.detach(),
                     Err(e) => tracing::warn!(component = %spec.component, error = %e, "consumer error; librdkafka retries"),
                 },
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = self.shutdown.cancelled() => return None,
+                _ = self.shutdown.cancelled() => return Ok(None),
             }
         };
+        liveness.received();
         let mut messages = vec![first];
         let deadline = tokio::time::Instant::now() + spec.max_wait;
         while messages.len() < spec.max_rows {
@@ -215,7 +240,7 @@ impl BatchIo<'_> {
             }
         }
         self.counters.events_in.inc_by(messages.len() as u64);
-        Some(messages)
+        Ok(Some(messages))
     }
 
     /// Decodes `messages`, writes them (retrying with backoff), dead-letters what the

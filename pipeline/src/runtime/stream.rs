@@ -56,6 +56,7 @@ use super::processor::{
 };
 use super::{timers, RuntimeError};
 use crate::avro::{Codec, CodecError, Writer};
+use crate::kafka::liveness::{assigned, Liveness, Stall};
 use crate::kafka::{self, TopicSpec};
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::CancellationToken;
@@ -98,18 +99,12 @@ pub struct ProcessorEnv {
 }
 
 /// Partitions revoked since the loop last looked; their state must be caught up again
-/// before they are processed (another instance may have advanced it meanwhile). Also
-/// exports the consumer's lag from librdkafka's statistics.
+/// before they are processed (another instance may have advanced it meanwhile).
 struct RebalanceTracker {
     revoked: Mutex<Vec<i32>>,
-    lag: crate::kafka::lag::LagReporter,
 }
 
-impl ClientContext for RebalanceTracker {
-    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
-        self.lag.record(&statistics);
-    }
-}
+impl ClientContext for RebalanceTracker {}
 
 impl ConsumerContext for RebalanceTracker {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -247,15 +242,10 @@ pub async fn run_processor(
         // A killed instance's partitions move after this long without heartbeats.
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("topic.metadata.refresh.interval.ms", "5000")
-        .set(
-            "statistics.interval.ms",
-            crate::kafka::lag::STATISTICS_INTERVAL_MS,
-        );
+        .set("topic.metadata.refresh.interval.ms", "5000");
     let consumer: StreamConsumer<RebalanceTracker> = consumer_config
         .create_with_context(RebalanceTracker {
             revoked: Mutex::default(),
-            lag: crate::kafka::lag::LagReporter::new(&spec.component, &env.metrics),
         })
         .map_err(|source| RuntimeError::KafkaIo {
             what: "creating the consumer".into(),
@@ -291,6 +281,14 @@ pub async fn run_processor(
 impl Loop {
     async fn run(&mut self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
         let mut watchdog = crate::kafka::rejoin::Watchdog::new(&self.spec.inputs);
+        let mut liveness = Liveness::start(
+            &self.env.kafka,
+            &self.spec.group_id,
+            &self.spec.component,
+            &self.spec.inputs,
+            &self.env.metrics,
+            self.spec.window.is_some(),
+        );
         let ready = self
             .env
             .metrics
@@ -301,14 +299,21 @@ impl Loop {
         loop {
             super::off_async(|| watchdog.check(&self.consumer, &self.spec.component));
             self.forget_revoked(&mut pending);
+            let tasks = self.tasks.len();
             if self.restore_assigned().await? {
                 ready.set(1);
+            }
+            if self.tasks.len() > tasks {
+                liveness.received(); // restoring is work: the idle clock starts after it
             }
             // Idle with changes not committed: wait only until they are due.
             let idle = match pending.since {
                 Some(since) => self.spec.commit_interval.saturating_sub(since.elapsed()),
                 None => Duration::from_secs(1),
             };
+            liveness
+                .check(&assigned(&self.consumer))
+                .map_err(|stall| self.stalled(stall))?;
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
                 _ = tokio::time::sleep(idle) => {
@@ -317,6 +322,7 @@ impl Loop {
                 }
                 _ = shutdown.cancelled() => break,
             };
+            liveness.received();
             let Some(first) = self.detach(first) else {
                 continue;
             };
@@ -344,6 +350,15 @@ impl Loop {
         self.commit(pending).await?;
         tracing::info!(component = %self.spec.component, "processor drained");
         Ok(())
+    }
+
+    /// The error a stall ends the loop with, logged: the runtime starts it again.
+    fn stalled(&self, stall: Stall) -> RuntimeError {
+        tracing::error!(component = %self.spec.component, %stall, "stalled");
+        RuntimeError::Stalled {
+            component: self.spec.component.clone(),
+            stall,
+        }
     }
 
     /// The message, or `None` after logging a consumer error: those are reported by

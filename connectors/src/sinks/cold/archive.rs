@@ -363,13 +363,15 @@ impl Archive {
         Ok(entry)
     }
 
-    /// Recomputes every manifest's chain and every listed file's hash and record count.
+    /// Recomputes every manifest's chain and every listed file's hash and record count,
+    /// and checks that each partition's files cover its offsets without gap or overlap.
     pub async fn verify(&self) -> Result<Verification, ArchiveError> {
         self.check(true).await
     }
 
     /// Checks every manifest's chain without reading the files: what a writer does
-    /// before extending an archive, so that it never appends to a broken chain.
+    /// before extending an archive, so that it never appends to a broken chain. (Gaps in
+    /// the offsets are `verify`'s to report: they do not stop writes.)
     pub async fn check_chains(&self) -> Result<Verification, ArchiveError> {
         self.check(false).await
     }
@@ -384,6 +386,7 @@ impl Archive {
         for partition in self.partitions().await? {
             report.manifests += 1;
             let mut prev = GENESIS.to_string();
+            let mut previous: Option<Entry> = None;
             let entries = self.manifest(partition).await?;
             let last = entries.last().cloned();
             for (expected_seq, entry) in entries.into_iter().enumerate() {
@@ -396,6 +399,11 @@ impl Archive {
                     Some("its `prev` is not the previous entry's hash (an entry was removed or reordered)".to_string())
                 } else if entry.compute_hash() != entry.hash {
                     Some("its hash does not match its contents (the entry was edited)".to_string())
+                } else if let Some(problem) = files
+                    .then(|| discontinuity(previous.as_ref(), &entry))
+                    .flatten()
+                {
+                    Some(problem)
                 } else if files {
                     match self.read(&entry.file).await {
                         Err(e) => Some(format!("file {} cannot be read: {e}", entry.file)),
@@ -411,11 +419,40 @@ impl Archive {
                 report.files += 1;
                 report.records += entry.records;
                 prev = entry.hash.clone();
+                previous = Some(entry);
             }
             // The chain holds: its last entry is where appends continue.
             self.last.lock().await.insert(partition, last);
         }
         Ok(report)
+    }
+}
+
+/// Files of one partition cover its offsets without a gap or an overlap: each entry
+/// starts right after the one before ends. A chain rebuilt without a file (every hash
+/// recomputed) is caught here.
+fn discontinuity(previous: Option<&Entry>, entry: &Entry) -> Option<String> {
+    let range = entry.last_offset.checked_sub(entry.first_offset);
+    if range.is_none_or(|r| r < 0 || (entry.records as i64) > r + 1) {
+        return Some(format!(
+            "it lists offsets {}..={} for {} records",
+            entry.first_offset, entry.last_offset, entry.records
+        ));
+    }
+    let previous = previous?;
+    let expected = previous.last_offset + 1;
+    match entry.first_offset.cmp(&expected) {
+        std::cmp::Ordering::Equal => None,
+        std::cmp::Ordering::Greater => Some(format!(
+            "offsets {expected}..={} of partition {} are in no file (a gap after {})",
+            entry.first_offset - 1,
+            entry.partition,
+            previous.file
+        )),
+        std::cmp::Ordering::Less => Some(format!(
+            "it starts at offset {}, inside {} (which ends at {}): an overlap",
+            entry.first_offset, previous.file, previous.last_offset
+        )),
     }
 }
 
@@ -530,6 +567,38 @@ mod tests {
         let (_, seq, why) = reopen(&dir).verify().await.unwrap().broken.unwrap();
         assert_eq!(seq, 1);
         assert!(why.contains("missing"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_chain_rebuilt_without_a_file_is_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = schema();
+        let archive = reopen(&dir);
+        for i in 0..3 {
+            archive.append(batch(&schema, i * 10, 10)).await.unwrap();
+        }
+        // Someone who can rewrite the whole manifest drops the middle file's records and
+        // recomputes every hash: the chain holds, the offsets do not.
+        let manifest = dir.path().join("manifest");
+        std::fs::remove_dir_all(&manifest).unwrap();
+        let rebuilt = reopen(&dir);
+        rebuilt.append(batch(&schema, 0, 10)).await.unwrap();
+        rebuilt.append(batch(&schema, 20, 10)).await.unwrap();
+        let (partition, seq, why) = reopen(&dir).verify().await.unwrap().broken.unwrap();
+        assert_eq!((partition, seq), (1, 1));
+        assert!(
+            why.contains("offsets 10..=19 of partition 1 are in no file"),
+            "{why}"
+        );
+
+        // An overlap is caught the same way.
+        std::fs::remove_dir_all(&manifest).unwrap();
+        let overlapping = reopen(&dir);
+        overlapping.append(batch(&schema, 0, 10)).await.unwrap();
+        overlapping.append(batch(&schema, 5, 10)).await.unwrap();
+        let (_, seq, why) = reopen(&dir).verify().await.unwrap().broken.unwrap();
+        assert_eq!(seq, 1);
+        assert!(why.contains("overlap"), "{why}");
     }
 
     #[tokio::test]

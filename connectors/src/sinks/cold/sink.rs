@@ -72,18 +72,29 @@ impl ColdSink {
 
     async fn write_batch(&mut self, records: &[SinkRecord]) -> Result<Vec<Rejected>, SinkError> {
         let mut by_partition: BTreeMap<i32, Vec<&SinkRecord>> = BTreeMap::new();
+        // The offsets each partition's files cover: from right after the last archived
+        // one (records between that were dead-lettered or had no value) to the batch's
+        // last, so that a partition's files follow each other without a gap; `archive
+        // verify` then flags any gap as a file missing from a rebuilt manifest.
+        let mut covered: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
         for r in records {
-            if r.value.is_some()
-                && self
-                    .archived
-                    .get(&r.partition)
-                    .is_none_or(|last| r.offset > *last)
+            if self
+                .archived
+                .get(&r.partition)
+                .is_some_and(|last| r.offset <= *last)
             {
+                continue;
+            }
+            let span = covered.entry(r.partition).or_insert((r.offset, r.offset));
+            *span = (span.0.min(r.offset), span.1.max(r.offset));
+            if r.value.is_some() {
                 by_partition.entry(r.partition).or_default().push(r);
             }
         }
         for (partition, mut list) in by_partition {
             list.sort_by_key(|r| r.offset);
+            let (first, to) = covered[&partition];
+            let mut from = self.archived.get(&partition).map_or(first, |last| last + 1);
             // Runs of one schema, in offset order.
             let mut start = 0;
             while start < list.len() {
@@ -121,8 +132,12 @@ impl ColdSink {
                     schema_id: id,
                     schema,
                     records: run.iter().filter_map(|r| r.value.clone()).collect(),
-                    first_offset: run[0].offset,
-                    last_offset: run[run.len() - 1].offset,
+                    first_offset: from,
+                    last_offset: if end == list.len() {
+                        to
+                    } else {
+                        list[end].offset - 1
+                    },
                     first_position: position(run[0]),
                     last_position: position(run[run.len() - 1]),
                 };
@@ -132,6 +147,7 @@ impl ColdSink {
                     .ok_or_else(|| SinkError::Fatal("the archive was not opened".into()))?;
                 let entry = archive.append(batch).await.map_err(transient)?;
                 self.archived.insert(partition, entry.last_offset);
+                from = entry.last_offset + 1;
                 start = end;
             }
         }

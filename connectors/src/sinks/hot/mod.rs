@@ -17,7 +17,10 @@ pub fn kind() -> TypedKind<HotSinkConfig> {
 }
 
 /// The hot store: plain tables, upserts guarded by position.
-pub fn store(config: &HotSinkConfig) -> crate::sinks::pg_store::PgStore {
+pub fn store(
+    config: &HotSinkConfig,
+    codec: std::sync::Arc<strata_pipeline::avro::Codec>,
+) -> crate::sinks::pg_store::PgStore {
     crate::sinks::pg_store::PgStore::new(
         config.connection.clone(),
         config.schema.clone(),
@@ -25,4 +28,5 @@ pub fn store(config: &HotSinkConfig) -> crate::sinks::pg_store::PgStore {
         0,
         None,
     )
+    .following(codec)
 }

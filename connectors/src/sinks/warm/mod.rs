@@ -17,7 +17,10 @@ pub fn kind() -> TypedKind<WarmSinkConfig> {
 }
 
 /// The warm store: claims and lines partitioned by month of their service date.
-pub fn store(config: &WarmSinkConfig) -> crate::sinks::pg_store::PgStore {
+pub fn store(
+    config: &WarmSinkConfig,
+    codec: std::sync::Arc<strata_pipeline::avro::Codec>,
+) -> crate::sinks::pg_store::PgStore {
     crate::sinks::pg_store::PgStore::new(
         config.connection.clone(),
         config.schema.clone(),
@@ -26,4 +29,5 @@ pub fn store(config: &WarmSinkConfig) -> crate::sinks::pg_store::PgStore {
         config.evict_from.clone(),
     )
     .detach_after(config.detach_after.as_ref().map(|d| d.0))
+    .following(codec)
 }

@@ -347,16 +347,24 @@ impl ClaimAnalysis {
                 format!("billed {:.2}", claim.billed),
             ));
         }
-        let bad: Vec<_> = claim
-            .diagnoses
-            .iter()
-            .filter(|c| !rules::is_icd10(c))
-            .cloned()
+        // Diagnosis codes are sensitive (schemas/claims_domain.yaml): the reason names
+        // which codes are malformed by their place in the list, never by their value,
+        // since analyses reach the cloud tier.
+        let bad: Vec<String> = (1..)
+            .zip(&claim.diagnoses)
+            .filter(|(_, c)| !rules::is_icd10(c))
+            .map(|(i, _)| i.to_string())
             .collect();
-        if !bad.is_empty() || claim.diagnoses.is_empty() {
+        if claim.diagnoses.is_empty() {
+            reasons.push(reason("BAD_DIAGNOSIS_CODE", "no diagnosis code".into()));
+        } else if !bad.is_empty() {
             reasons.push(reason(
                 "BAD_DIAGNOSIS_CODE",
-                format!("not ICD-10-CM: {bad:?}"),
+                format!(
+                    "diagnosis code(s) {} of {} not ICD-10-CM",
+                    bad.join(", "),
+                    claim.diagnoses.len()
+                ),
             ));
         }
         if let Some(implied) = rules::class_of_form(&claim.form_type) {

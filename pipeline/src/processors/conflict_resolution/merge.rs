@@ -13,6 +13,14 @@
 //!   writes of one origin in the same clock tick (positions of one origin are totally
 //!   ordered).
 //!
+//! Within one origin, the position alone decides which write is newer: the clock a
+//! write carries is raised to the highest clock its origin wrote to the row before
+//! ([`Merged::stamp`]), so an origin's clocks never run backwards against its own
+//! positions. (A snapshot row read late carries a later time than an update committed
+//! while the snapshot ran; ranked by time alone the update would lose.) A key's writes
+//! of one origin arrive in position order, one partition, so every replica raises them
+//! the same way.
+//!
 //! Which columns a write touches: every column under `last_writer_wins` and
 //! `source_priority`; under `field_merge`, those that differ from the `before` image, or
 //! (without one) from the last row the same origin wrote — so concurrent edits of
@@ -45,6 +53,36 @@ pub struct Merged {
     pub deleted: Option<Stamp>,
     /// Last row each origin wrote (for `field_merge` without a before image).
     pub last_by_origin: BTreeMap<String, Vec<(String, Cell)>>,
+    /// The highest clock each origin stamped on this row: the floor of its next stamp.
+    #[serde(default)]
+    pub clocks: BTreeMap<String, i64>,
+}
+
+/// [`Merged`] as records were written before it kept [`Merged::clocks`] (postcard is
+/// positional, so the shorter record needs its own shape to be read).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MergedWithoutClocks {
+    pub fields: Vec<(String, FieldState)>,
+    pub deleted: Option<Stamp>,
+    pub last_by_origin: BTreeMap<String, Vec<(String, Cell)>>,
+}
+
+impl From<MergedWithoutClocks> for Merged {
+    /// An origin's floor is the highest clock of its writes that the row still shows.
+    fn from(old: MergedWithoutClocks) -> Merged {
+        let mut clocks = BTreeMap::new();
+        let stamps = old.fields.iter().map(|(_, f)| &f.stamp);
+        for stamp in stamps.chain(old.deleted.as_ref()) {
+            let floor = clocks.entry(stamp.origin.clone()).or_insert(stamp.hlc);
+            *floor = (*floor).max(stamp.hlc);
+        }
+        Merged {
+            fields: old.fields,
+            deleted: old.deleted,
+            last_by_origin: old.last_by_origin,
+            clocks,
+        }
+    }
 }
 
 /// The rules of one table.
@@ -99,6 +137,19 @@ pub struct Conflict {
 }
 
 impl Merged {
+    /// The stamp of `origin`'s next write at `position`, whose own clock says `hlc`: the
+    /// clock is raised to the origin's floor, which then follows it. Call it only for a
+    /// write newer (by position) than every earlier one of `origin` on this row.
+    pub fn stamp(&mut self, origin: String, hlc: i64, position: String) -> Stamp {
+        let floor = self.clocks.entry(origin.clone()).or_insert(hlc);
+        *floor = (*floor).max(hlc);
+        Stamp {
+            hlc: *floor,
+            origin,
+            position,
+        }
+    }
+
     pub fn is_deleted(&self) -> bool {
         match &self.deleted {
             None => false,
@@ -252,6 +303,58 @@ mod tests {
         m.write(&rules, &stamp(3, "cloud"), &row("PAID", "E11"), Some(&base));
         m.write(&rules, &stamp(2, "on-prem"), &row("SUBMITTED", "I10"), None);
         assert_eq!(m.row(), row("PAID", "I10"));
+    }
+
+    #[test]
+    fn within_one_origin_the_later_position_wins_whatever_its_clock() {
+        // A snapshot row read at t=50 and an update committed at t=40 after the
+        // snapshot's consistent point: the update is at the later position.
+        let rules = Rules::default();
+        let mut m = Merged::default();
+        let read = m.stamp("on-prem".into(), 50, "0001-0000".into());
+        m.write(&rules, &read, &row("SUBMITTED", "E11"), None);
+        let update = m.stamp("on-prem".into(), 40, "0002-0000".into());
+        assert_eq!(update.hlc, 50, "raised to the origin's floor");
+        m.write(&rules, &update, &row("PAID", "E11"), None);
+        assert_eq!(m.row(), row("PAID", "E11"));
+        let delete = m.stamp("on-prem".into(), 30, "0003-0000".into());
+        m.delete(&delete);
+        assert!(m.is_deleted(), "a later delete of the same origin wins");
+        // Another origin's clock still orders against it.
+        let cloud = m.stamp("cloud".into(), 49, "c-1".into());
+        m.write(&rules, &cloud, &row("DENIED", "E11"), None);
+        assert!(
+            m.is_deleted(),
+            "an older write of another origin stays hidden"
+        );
+    }
+
+    #[test]
+    fn rows_stored_before_clocks_were_kept_still_read() {
+        let old = MergedWithoutClocks {
+            fields: vec![(
+                "status".into(),
+                FieldState {
+                    value: Cell::String("PAID".into()),
+                    stamp: stamp(70, "on-prem"),
+                },
+            )],
+            deleted: Some(stamp(90, "cloud")),
+            last_by_origin: BTreeMap::new(),
+        };
+        #[derive(Serialize)]
+        struct Shape<'a>(
+            &'a [(String, FieldState)],
+            &'a Option<Stamp>,
+            &'a BTreeMap<String, Vec<(String, Cell)>>,
+        );
+        let bytes = postcard::to_allocvec(&Shape(&old.fields, &old.deleted, &old.last_by_origin))
+            .expect("encodes");
+        assert!(postcard::from_bytes::<Merged>(&bytes).is_err());
+        let read: MergedWithoutClocks = postcard::from_bytes(&bytes).expect("old shape reads");
+        let merged = Merged::from(read);
+        assert_eq!(merged.clocks.get("on-prem"), Some(&70));
+        assert_eq!(merged.clocks.get("cloud"), Some(&90));
     }
 
     #[test]

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use apache_avro::types::Value;
 
 use super::config::ConflictConfig;
-use super::merge::{Merged, Rules, Stamp};
+use super::merge::{Merged, MergedWithoutClocks, Rules};
 use crate::avro::schemas::{CONFLICT_AUDIT, STRING_KEY};
 use crate::processors::change::{column, describe, rewrite, to_cells, Cell, Change};
-use crate::runtime::{Context, Event, Output, OutputSchema, ProcessError, Processor};
+use crate::runtime::{Context, Event, Output, OutputSchema, ProcessError, Processor, Rejection};
 
 const ROWS: &str = "rows";
+/// What an audit record says of a sensitive column's value.
+const WITHHELD: &str = "(sensitive: withheld)";
 
 pub struct ConflictResolution {
     config: ConflictConfig,
@@ -52,6 +54,17 @@ impl ConflictResolution {
     }
 }
 
+/// The merged state of a row, also from records written before [`Merged::clocks`].
+fn read_merged(ctx: &Context<'_>, state_key: &[u8]) -> Result<Merged, ProcessError> {
+    match ctx.get_state::<Merged>(ROWS, state_key) {
+        Ok(merged) => Ok(merged.unwrap_or_default()),
+        Err(err) => match ctx.get_state::<MergedWithoutClocks>(ROWS, state_key) {
+            Ok(old) => Ok(old.map(Merged::from).unwrap_or_default()),
+            Err(_) => Err(err.into()),
+        },
+    }
+}
+
 impl Processor for ConflictResolution {
     fn stores(&self) -> Vec<&'static str> {
         vec![ROWS]
@@ -74,6 +87,20 @@ impl Processor for ConflictResolution {
             });
             return Ok(());
         }
+        if let Some(unknown) = change.unavailable.iter().find(|c| {
+            change
+                .row()
+                .is_some_and(|r| !r.iter().any(|(n, _)| n == *c))
+        }) {
+            return Err(Rejection::new(
+                "envelope.unknown_unavailable_column",
+                format!(
+                    "a change of {} marks column `{unknown}` unavailable, which its row does not have",
+                    change.table
+                ),
+            )
+            .into());
+        }
         let key = change.key(event)?;
         let key_text = describe(&Cell::from(key));
         let state_key = format!("{}\0{key_text}", change.table).into_bytes();
@@ -84,12 +111,14 @@ impl Processor for ConflictResolution {
         if !ctx.is_newer(&guard_key, change.position)? {
             return Ok(()); // this origin's change was applied already
         }
-        let stamp = Stamp {
-            hlc: change.hlc.unwrap_or(change.ts_ms << 16),
+        let mut merged = read_merged(ctx, &state_key)?;
+        // The clock orders origins; within this one the position is newer (checked
+        // above), and the stamp's clock is raised so that it ranks as such.
+        let stamp = merged.stamp(
             origin,
-            position: change.position.to_string(),
-        };
-        let mut merged: Merged = ctx.get_state(ROWS, &state_key)?.unwrap_or_default();
+            change.hlc.unwrap_or(change.ts_ms << 16),
+            change.position.to_string(),
+        );
         let rules = self.rules(&change.table).clone();
         let conflicts = match (change.op, &change.after) {
             ("d", _) | (_, None) => {
@@ -98,7 +127,11 @@ impl Processor for ConflictResolution {
             }
             (_, Some(after)) => {
                 let before = change.before.map(to_cells);
-                merged.write(&rules, &stamp, &to_cells(after), before.as_deref())
+                // An unchanged TOAST value arrives as NULL: it is no write of that
+                // column, whose value the state keeps.
+                let mut row = to_cells(after);
+                row.retain(|(c, _)| !change.unavailable.contains(&c.as_str()));
+                merged.write(&rules, &stamp, &row, before.as_deref())
             }
         };
         ctx.put_state(ROWS, &state_key, &merged);
@@ -115,6 +148,15 @@ impl Processor for ConflictResolution {
                     cell.map(Value::from).unwrap_or_else(|| v.clone()),
                 )
             })
+            .collect();
+        // Still unavailable: the columns the state does not hold either (its first
+        // change seen was already without them, e.g. a replay from mid-stream). The
+        // sinks then leave them as they are stored.
+        let unavailable: Vec<Value> = change
+            .unavailable
+            .iter()
+            .filter(|c| !merged_row.iter().any(|(name, _)| name == *c))
+            .map(|c| Value::String(c.to_string()))
             .collect();
         let op = match (deleted, change.op) {
             (true, _) => "d",
@@ -134,6 +176,7 @@ impl Processor for ConflictResolution {
                 ("op", Some(Value::String(op.into()))),
                 ("origin", Some(Value::String(stamp.origin.clone()))),
                 ("hlc", Some(Value::Long(latest_hlc))),
+                ("unavailable_columns", Some(Value::Array(unavailable))),
             ],
         );
         let partition_by = self
@@ -150,6 +193,19 @@ impl Processor for ConflictResolution {
             value_schema,
             partition_by: partition_by.clone(),
         });
+        // The audit topic is read beyond the on-prem tier: a sensitive column's values
+        // (schemas/claims_domain.yaml) are withheld from it, its stamps kept.
+        let sensitive = crate::domain::Domain::claims()
+            .table(&change.table)
+            .map(|f| f.sensitive.as_slice())
+            .unwrap_or_default();
+        let shown = |column: &str, value: &Cell| {
+            if sensitive.iter().any(|s| s == column) {
+                Value::String(WITHHELD.into())
+            } else {
+                Value::String(describe(value))
+            }
+        };
         for (i, c) in conflicts.iter().enumerate() {
             let audit = Value::Record(vec![
                 (
@@ -170,19 +226,13 @@ impl Processor for ConflictResolution {
                     Value::String(c.existing.stamp.origin.clone()),
                 ),
                 ("local_hlc".into(), Value::Long(c.existing.stamp.hlc)),
-                (
-                    "local_value".into(),
-                    Value::String(describe(&c.existing.value)),
-                ),
+                ("local_value".into(), shown(&c.column, &c.existing.value)),
                 (
                     "remote_origin".into(),
                     Value::String(c.incoming.stamp.origin.clone()),
                 ),
                 ("remote_hlc".into(), Value::Long(c.incoming.stamp.hlc)),
-                (
-                    "remote_value".into(),
-                    Value::String(describe(&c.incoming.value)),
-                ),
+                ("remote_value".into(), shown(&c.column, &c.incoming.value)),
                 (
                     "winner".into(),
                     if c.incoming_won {

@@ -46,6 +46,66 @@ pub enum PiiKeyError {
     Corrupt,
 }
 
+/// The text values of a row's sensitive `columns` (array elements one by one), as an
+/// analysis's reason texts could quote them.
+pub fn sensitive_texts(row: &[(String, Value)], columns: &[String]) -> Vec<String> {
+    fn collect(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Union(_, inner) => collect(inner, out),
+            Value::String(s) if s.chars().count() >= MIN_QUOTED => out.push(s.clone()),
+            Value::Array(items) => items.iter().for_each(|i| collect(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (name, value) in row {
+        if columns.contains(name) {
+            collect(value, &mut out);
+        }
+    }
+    out
+}
+
+/// Shorter values are not looked for in reason texts: they would match ordinary words.
+const MIN_QUOTED: usize = 3;
+
+/// `analysis` as it may leave for a cloud tier: a reason whose text quotes one of
+/// `sensitive` keeps its code and contribution, and its text says it was withheld.
+/// Claim analysis names no sensitive value in its reasons; this keeps any that slips
+/// in (a new rule, an older record in state) on premise.
+pub fn withhold_quoted(analysis: &Value, sensitive: &[String]) -> Value {
+    let Value::Record(fields) = analysis else {
+        return analysis.clone();
+    };
+    let quotes = |text: &str| sensitive.iter().any(|s| text.contains(s.as_str()));
+    let reason = |r: &Value| match r {
+        Value::Record(parts) => Value::Record(
+            parts
+                .iter()
+                .map(|(n, v)| match v {
+                    Value::String(t) if n == "detail" && quotes(t) => (
+                        n.clone(),
+                        Value::String("withheld: it quoted a sensitive value".into()),
+                    ),
+                    _ => (n.clone(), v.clone()),
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    };
+    Value::Record(
+        fields
+            .iter()
+            .map(|(n, v)| match v {
+                Value::Array(items) if n == "reasons" => {
+                    (n.clone(), Value::Array(items.iter().map(reason).collect()))
+                }
+                _ => (n.clone(), v.clone()),
+            })
+            .collect(),
+    )
+}
+
 /// How sensitive values are rewritten for the cloud tiers.
 pub enum Protection {
     Drop,

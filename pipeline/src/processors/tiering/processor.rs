@@ -171,13 +171,32 @@ impl Tiering {
         });
     }
 
+    /// `analysis` as it may leave for `tier`: on its way to a cloud tier, no reason text
+    /// quotes a sensitive value of the claim (see [`super::pii::withhold_quoted`]).
+    fn analysis_for_tier(&self, e: &Entry, analysis: Value, tier: Tier) -> Value {
+        let facts = self.domain.table(&e.table);
+        let sensitive = match facts {
+            Some(f) if tier != Tier::Cold && !f.sensitive.is_empty() => &f.sensitive,
+            _ => return analysis,
+        };
+        let envelope = Value::from(&e.envelope);
+        let row = match record_field_raw(&envelope, "after") {
+            Some(Value::Union(_, inner)) => match &**inner {
+                Value::Record(fields) => super::pii::sensitive_texts(fields, sensitive),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        super::pii::withhold_quoted(&analysis, &row)
+    }
+
     fn emit_analysis(&self, ctx: &mut Context<'_>, tier: Tier, e: &Entry) {
         if let Some((analysis, schema_id)) = &e.analysis {
             ctx.emit(Output {
                 port: Some(tier.port().into()),
                 key: Some(Value::from(&e.key)),
                 key_schema: OutputSchema::Id(e.key_schema_id),
-                value: Some(Value::from(analysis)),
+                value: Some(self.analysis_for_tier(e, Value::from(analysis), tier)),
                 value_schema: OutputSchema::Id(*schema_id),
                 partition_by: None,
             });

@@ -349,3 +349,161 @@ fn rotated_keys_still_decrypt_what_they_wrote() {
     .unwrap();
     assert!(twice.check().iter().any(|e| e.path == "pii.key_env"));
 }
+
+#[test]
+fn an_analysis_reaches_the_cloud_without_quoting_a_sensitive_value() {
+    let mut h = harness();
+    feed(&mut h, 1, &claim(1, 1, NOW, 20_000 - 10), 0);
+    let reason = |detail: &str| {
+        Value::Record(vec![
+            ("code".into(), Value::String("BAD_DIAGNOSIS_CODE".into())),
+            ("contribution".into(), Value::Double(0.2)),
+            ("detail".into(), Value::String(detail.into())),
+        ])
+    };
+    let analysis = Value::Record(vec![
+        ("analysis_id".into(), Value::String("a-1".into())),
+        ("claim_id".into(), Value::Long(1)),
+        (
+            "reasons".into(),
+            Value::Array(vec![
+                reason("not ICD-10-CM: [\"E11.9\"]"),
+                reason("diagnosis code(s) 1 of 1 not ICD-10-CM"),
+            ]),
+        ),
+    ]);
+    let out = feed(&mut h, 1, &analysis, 1);
+    assert_eq!(ports(&out), vec!["hot"]);
+    let Some(Value::Array(reasons)) = record_field(out[0].value.as_ref().unwrap(), "reasons")
+    else {
+        panic!("reasons: {:?}", out[0].value)
+    };
+    let details: Vec<_> = reasons
+        .iter()
+        .map(|r| record_field(r, "detail").cloned())
+        .collect();
+    assert_eq!(
+        details,
+        vec![
+            Some(Value::String(
+                "withheld: it quoted a sensitive value".into()
+            )),
+            Some(Value::String(
+                "diagnosis code(s) 1 of 1 not ICD-10-CM".into()
+            )),
+        ]
+    );
+}
+
+#[test]
+fn no_sensitive_value_reaches_a_cloud_tier_in_any_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("pii.key");
+    std::fs::write(&key_file, hex::encode([9u8; 32])).unwrap();
+    let text = |s: &str| Value::Union(1, Box::new(Value::String(s.into())));
+    let secrets = [
+        "Adaeze",
+        "Okonkwo",
+        "987-65-4321",
+        "12 Hidden Lane",
+        "Smallville",
+        "04321",
+        "Q99.9X",
+    ];
+    for mode in ["drop", "tokenize", "encrypt"] {
+        let pii = match mode {
+            "drop" => "{mode: drop}".to_string(),
+            _ => format!(
+                "{{mode: {mode}, key_id: k1, key_file: '{}'}}",
+                key_file.display()
+            ),
+        };
+        let mut h = Harness::new(Tiering::new(pii_config(&pii)).expect("the key reads"));
+        let member = envelope(
+            "members",
+            1,
+            NOW,
+            vec![
+                ("member_id", Value::Long(9)),
+                ("first_name", text(secrets[0])),
+                ("last_name", text(secrets[1])),
+                ("ssn", text(secrets[2])),
+                ("address_line", text(secrets[3])),
+                ("city", text(secrets[4])),
+                ("postal_code", text(secrets[5])),
+                (
+                    "date_of_birth",
+                    Value::Union(1, Box::new(Value::Date(3000))),
+                ),
+            ],
+        );
+        let mut outputs = feed(&mut h, 9, &member, 0);
+        let claim = envelope(
+            "claims",
+            2,
+            NOW,
+            vec![
+                ("claim_id", Value::Long(1)),
+                (
+                    "service_date_from",
+                    Value::Union(1, Box::new(Value::Date(20_000 - 10))),
+                ),
+                (
+                    "diagnosis_codes",
+                    Value::Union(
+                        1,
+                        Box::new(Value::Array(vec![Value::String(secrets[6].into())])),
+                    ),
+                ),
+            ],
+        );
+        outputs.extend(feed(&mut h, 1, &claim, 1));
+        let analysis = Value::Record(vec![
+            ("analysis_id".into(), Value::String("a-1".into())),
+            ("claim_id".into(), Value::Long(1)),
+            (
+                "reasons".into(),
+                Value::Array(vec![Value::Record(vec![
+                    ("code".into(), Value::String("BAD_DIAGNOSIS_CODE".into())),
+                    ("contribution".into(), Value::Double(0.2)),
+                    (
+                        "detail".into(),
+                        Value::String(format!("not ICD-10-CM: {}", secrets[6])),
+                    ),
+                ])]),
+            ),
+        ]);
+        outputs.extend(feed(&mut h, 1, &analysis, 2));
+        let cloud: Vec<&Output> = outputs
+            .iter()
+            .filter(|o| matches!(o.port.as_deref(), Some("hot") | Some("warm")))
+            .collect();
+        assert!(
+            cloud.len() >= 4,
+            "{mode}: member to hot and warm, claim and analysis to hot"
+        );
+        for o in cloud {
+            let shown = format!("{:?}", o.value);
+            for secret in secrets {
+                assert!(
+                    !shown.contains(secret),
+                    "{mode}: {secret} reaches {:?}: {shown}",
+                    o.port
+                );
+            }
+            assert!(
+                !shown.contains("Date(3000)"),
+                "{mode}: a birth date reaches {:?}",
+                o.port
+            );
+        }
+        let cold = outputs
+            .iter()
+            .find(|o| o.port.as_deref() == Some("cold"))
+            .expect("cold");
+        assert!(
+            format!("{:?}", cold.value).contains(secrets[2]),
+            "{mode}: cold keeps it"
+        );
+    }
+}
