@@ -84,7 +84,7 @@ async fn added_columns_and_unchanged_toast_values_reach_every_store() {
             "--members",
             "60",
             "--providers",
-            "10",
+            "20",
         ])
         .args(["--claims", "300", "--seed", "5"])
         .output()

@@ -57,20 +57,29 @@ fn replica() -> Harness<ConflictResolution> {
     Harness::new(ConflictResolution::new(config, "us-east"))
 }
 
-fn feed(h: &mut Harness<ConflictResolution>, w: &Write, position: u64) -> Vec<Output> {
-    let key = Value::Record(vec![("claim_id".into(), Value::Long(1))]);
-    let value = envelope(w, position);
+/// Feeds one change of (`key`, `value`) at `offset` of partition 0.
+fn deliver(
+    h: &mut Harness<ConflictResolution>,
+    key: &Value,
+    value: &Value,
+    offset: i64,
+) -> Result<Vec<Output>, String> {
     h.feed(&Event {
-        topic: "claims",
+        topic: "changes",
         partition: 0,
-        offset: position as i64,
+        offset,
         timestamp_ms: 0,
-        key: Some(&key),
+        key: Some(key),
         key_schema_id: Some(1),
-        value: Some(&value),
+        value: Some(value),
         value_schema_id: Some(2),
     })
-    .expect("processed")
+    .map_err(|e| format!("{e:?}"))
+}
+
+fn feed(h: &mut Harness<ConflictResolution>, w: &Write, position: u64) -> Vec<Output> {
+    let key = Value::Record(vec![("claim_id".into(), Value::Long(1))]);
+    deliver(h, &key, &envelope(w, position), position as i64).expect("processed")
 }
 
 /// The merged row of the last default-port output: (status, diagnosis, amount).
@@ -193,18 +202,7 @@ fn an_audit_withholds_the_values_of_sensitive_columns() {
             Value::Record(vec![("member_id".into(), Value::Long(7))]),
             Value::Record(fields),
         );
-        let out = h
-            .feed(&Event {
-                topic: "members",
-                partition: 0,
-                offset: position as i64,
-                timestamp_ms: 0,
-                key: Some(&key),
-                key_schema_id: Some(1),
-                value: Some(&value),
-                value_schema_id: Some(2),
-            })
-            .expect("processed");
+        let out = deliver(&mut h, &key, &value, position as i64).expect("processed");
         audits.extend(
             out.into_iter()
                 .filter(|o| o.port.as_deref() == Some("audit")),
@@ -271,17 +269,7 @@ fn feed_value(
     offset: i64,
 ) -> Result<Vec<Output>, String> {
     let key = Value::Record(vec![("claim_id".into(), Value::Long(5))]);
-    h.feed(&Event {
-        topic: "claims",
-        partition: 0,
-        offset,
-        timestamp_ms: 0,
-        key: Some(&key),
-        key_schema_id: Some(1),
-        value: Some(value),
-        value_schema_id: Some(2),
-    })
-    .map_err(|e| format!("{e:?}"))
+    deliver(h, &key, value, offset)
 }
 
 fn note_and_marker(out: &[Output]) -> (Option<Value>, Option<Value>) {
