@@ -72,15 +72,38 @@ pub enum Change {
 #[derive(Debug, Default)]
 pub struct RelationCache {
     by_oid: HashMap<u32, TableShape>,
+    /// (schema, table) → primary key, from the catalog. The key flags of a relation
+    /// message are its replica identity: every column under `REPLICA IDENTITY FULL`,
+    /// which must not become the Kafka key.
+    primary_keys: HashMap<(String, String), Vec<String>>,
 }
 
 impl RelationCache {
+    pub fn with_keys(primary_keys: HashMap<(String, String), Vec<String>>) -> Self {
+        Self {
+            by_oid: HashMap::new(),
+            primary_keys,
+        }
+    }
+
     /// Records `relation`; `lookup` names types that are not built in (`format_type(oid, typmod)`).
     pub fn update(
         &mut self,
         relation: &Relation,
         lookup: &dyn Fn(u32, i32) -> Option<String>,
     ) -> Result<(TableShape, Change), UnmappedType> {
+        let key: Vec<String> = match self
+            .primary_keys
+            .get(&(relation.namespace.clone(), relation.name.clone()))
+        {
+            Some(pk) if !pk.is_empty() => pk.clone(),
+            _ => relation
+                .columns
+                .iter()
+                .filter(|c| c.is_key)
+                .map(|c| c.name.clone())
+                .collect(),
+        };
         let mut columns = Vec::with_capacity(relation.columns.len());
         for c in &relation.columns {
             let type_name = builtin_type(c.type_oid, c.type_modifier)
@@ -90,18 +113,13 @@ impl RelationCache {
             columns.push(Column {
                 name: c.name.clone(),
                 ty,
-                nullable: !c.is_key,
+                nullable: !key.contains(&c.name),
             });
         }
         let shape = TableShape {
             schema: relation.namespace.clone(),
             table: relation.name.clone(),
-            key: relation
-                .columns
-                .iter()
-                .filter(|c| c.is_key)
-                .map(|c| c.name.clone())
-                .collect(),
+            key,
             columns,
         };
         let change = match self.by_oid.get(&relation.oid) {
@@ -210,6 +228,25 @@ mod tests {
                 retyped: vec!["amount".into()]
             }
         );
+    }
+
+    #[test]
+    fn under_replica_identity_full_the_key_is_still_the_primary_key() {
+        let keys = HashMap::from([(
+            ("public".to_string(), "claims".to_string()),
+            vec!["id".to_string()],
+        )]);
+        let mut cache = RelationCache::with_keys(keys);
+        let none = |_: u32, _: i32| None;
+        // REPLICA IDENTITY FULL flags every column as part of the identity.
+        let (shape, _) = cache
+            .update(
+                &relation(&[("id", 20, -1, true), ("note", 25, -1, true)]),
+                &none,
+            )
+            .unwrap();
+        assert_eq!(shape.key, vec!["id".to_string()]);
+        assert!(!shape.columns[0].nullable && shape.columns[1].nullable);
     }
 
     #[test]

@@ -314,7 +314,17 @@ async fn run_once(
         ctx.metrics.clone(),
         Duration::from_secs(5),
     );
-    stream(&mut client, &mut emitter, shutdown).await?;
+    let keys = tables
+        .iter()
+        .map(|t| ((t.schema.clone(), t.name.clone()), t.primary_key.clone()))
+        .collect();
+    stream(
+        &mut client,
+        &mut emitter,
+        RelationCache::with_keys(keys),
+        shutdown,
+    )
+    .await?;
     emitter.drain().await?;
     if let Some(lsn) = emitter.tracker.confirmed() {
         client.update_applied_lsn(WireLsn::from_u64(lsn.0));
@@ -539,9 +549,9 @@ impl OpenTx {
 async fn stream(
     client: &mut ReplicationClient,
     emitter: &mut Emitter<'_, Lsn>,
+    mut relations: RelationCache,
     shutdown: &CancellationToken,
 ) -> Result<(), SourceError> {
-    let mut relations = RelationCache::default();
     let mut open: Option<OpenTx> = None;
     loop {
         let event = tokio::select! {
