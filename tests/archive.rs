@@ -193,9 +193,13 @@ async fn a_broken_manifest_stops_writes_with_a_clear_error() {
 }
 
 /// moto's server, or `None` (test skipped with a note) when scripts/services.sh found no
-/// moto to start; scripts/test.sh refuses to run without it, so CI always runs this.
+/// moto to start; under `CI=true` a missing server fails the test instead.
 fn s3_endpoint() -> Option<String> {
     let endpoint = std::env::var("STRATA_S3_ENDPOINT").ok();
+    assert!(
+        endpoint.is_some() || std::env::var("CI").as_deref() != Ok("true"),
+        "no S3 stand-in (STRATA_S3_ENDPOINT): scripts/services.sh start did not start moto"
+    );
     if endpoint.is_none() {
         eprintln!(
             "skipped: no S3 stand-in (run scripts/install-deps.sh, then scripts/services.sh start)"

@@ -210,7 +210,7 @@ async fn the_stores_equal_the_source_in_every_column_after_every_round_of_crashe
             .unwrap_or(2026)
     });
     println!("fault seed {seed} (STRATA_FAULT_SEED={seed} reruns it)");
-    let rounds: usize = env_or("STRATA_FAULT_ROUNDS").unwrap_or(11);
+    let rounds: usize = env_or("STRATA_FAULT_ROUNDS").unwrap_or(10);
     let Some(mut broker) = DurableBroker::start().await else {
         assert!(!ci, "tansu did not start: the fault suite cannot run");
         eprintln!("skipped: tansu did not start (scripts/install-deps.sh installs it)");
@@ -285,6 +285,10 @@ async fn the_stores_equal_the_source_in_every_column_after_every_round_of_crashe
     writer.write(30, Duration::from_secs(60)).await;
     writer.pause();
     converge(&mut pipeline, &url, &archive, "after the snapshot").await;
+    // A stall provoked on purpose: the hot store refuses, records wait for its sink.
+    hot_proxy.down.store(true, Ordering::SeqCst);
+    hot_lag_probe(&pipeline, &url, 0).await;
+    hot_proxy.down.store(false, Ordering::SeqCst);
 
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -297,7 +301,7 @@ async fn the_stores_equal_the_source_in_every_column_after_every_round_of_crashe
     let mut rng = Lcg(seed);
     let mut injected: BTreeMap<Fault, usize> = BTreeMap::new();
     let mut compared: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let mut lag_seen = 0usize;
+    let mut lag_seen = 1usize;
     let started = Instant::now();
     for round in 1..=rounds {
         let first = FAULTS[rng.below(FAULTS.len() as u64) as usize];
@@ -333,6 +337,25 @@ async fn the_stores_equal_the_source_in_every_column_after_every_round_of_crashe
             }
             writer.write(5, Duration::from_secs(120)).await;
         }
+        writer.write(10, Duration::from_secs(120)).await;
+        // With the broker reachable, records wait for the hot sink while its store
+        // refuses (a member's change goes to every tier): its lag must say so.
+        if faults.contains(&Fault::HotStoreRefuses)
+            && !faults.contains(&Fault::BrokerCut)
+            && pipeline.child.is_some()
+        {
+            hot_lag_probe(&pipeline, &url, round).await;
+            lag_seen += 1;
+        }
+        broker.proxy.down.store(false, Ordering::SeqCst);
+        hot_proxy.down.store(false, Ordering::SeqCst);
+        if let Some(ballast) = ballast {
+            std::fs::remove_file(ballast).unwrap();
+        }
+        if pipeline.child.is_none() {
+            pipeline.start();
+        }
+        // Planted once the broker is reachable again, while the writer still writes.
         if round % 4 == 0 {
             let bytes = format!("not avro: planted in round {round}").into_bytes();
             producer
@@ -345,29 +368,6 @@ async fn the_stores_equal_the_source_in_every_column_after_every_round_of_crashe
                 .expect("a planted record is sent");
             producer.flush(Duration::from_secs(30)).expect("flushed");
             planted.push(bytes);
-        }
-        writer.write(10, Duration::from_secs(120)).await;
-        if faults.contains(&Fault::HotStoreRefuses) && pipeline.child.is_some() {
-            // Records wait for the hot sink: its lag must say so while it lasts.
-            let url = pipeline.metrics_url();
-            support::wait_for(
-                "the hot sink's lag above 0",
-                Duration::from_secs(60),
-                || {
-                    let url = url.clone();
-                    async move { lag(&url, "hot").await.filter(|l| *l > 0) }
-                },
-            )
-            .await;
-            lag_seen += 1;
-        }
-        broker.proxy.down.store(false, Ordering::SeqCst);
-        hot_proxy.down.store(false, Ordering::SeqCst);
-        if let Some(ballast) = ballast {
-            std::fs::remove_file(ballast).unwrap();
-        }
-        if pipeline.child.is_none() {
-            pipeline.start();
         }
         writer.pause();
         let what = format!("round {round} (seed {seed}, faults {faults:?})");
@@ -408,6 +408,31 @@ async fn the_stores_equal_the_source_in_every_column_after_every_round_of_crashe
     support::drop_slot_when_released(&mut db, &url, &slot).await;
     drop(mounted);
     registry.shutdown().await;
+}
+
+/// While the hot store refuses: a member's change (it goes to every tier) must show as
+/// the hot sink's lag above 0 within a minute.
+async fn hot_lag_probe(pipeline: &Pipeline, url: &str, round: usize) {
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "UPDATE public.members SET address_line = '{round} Lag Probe Road', updated_at = now() \
+         WHERE member_id = (SELECT min(member_id) FROM public.members)"
+    ))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let url = pipeline.metrics_url();
+    support::wait_for(
+        "the hot sink's lag above 0",
+        Duration::from_secs(60),
+        || {
+            let url = url.clone();
+            async move { lag(&url, "hot").await.filter(|l| *l > 0) }
+        },
+    )
+    .await;
 }
 
 fn quickstart() -> String {
