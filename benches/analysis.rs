@@ -3,7 +3,7 @@
 //! features), batches of 1,000 claims committed with one `WriteBatch`, no Kafka.
 //!
 //! cargo bench --bench analysis
-//! Goal (issue 7): ≥ 100k claims/s.
+//! Goal: ≥ 100k claims/s.
 //!
 //! Before measuring, it analyses `STRATA_BENCH_HISTORY_CLAIMS` claims (default 300,000),
 //! so that state is past the caches, as in a deployment that has run a while. The figure

@@ -2,7 +2,7 @@
 //! through the cached codec (no HTTP in the measured loop).
 //!
 //! cargo bench --bench avro
-//! Goal (issue 3): ≥ 500k encodes/s and ≥ 500k decodes/s per core.
+//! Goal: ≥ 500k encodes/s and ≥ 500k decodes/s per core.
 
 /// Decoded events are trees of small allocations, which mimalloc serves faster than the
 /// system allocator; benchmarks use the allocator the binary uses.

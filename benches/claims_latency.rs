@@ -24,7 +24,7 @@
 //! the services' broker with `STRATA_BENCH_BROKER=services`.
 //!
 //! cargo bench --bench claims_latency   (STRATA_BENCH_RATE=5000 claims/s, STRATA_BENCH_SECONDS=40)
-//! Goal (issue 7): p99 < 50 ms through the processors at 5k claims/s.
+//! Goal: p99 < 50 ms through the processors at 5k claims/s.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -202,7 +202,7 @@ impl Report {
         for (component, batches, process) in &self.batches {
             println!("{component:<34} {batches:>7.0} {process:>13.1}");
         }
-        println!("goal: p99 < 50 ms through the processors (issue 7)");
+        println!("goal: p99 < 50 ms through the processors");
     }
 }
 

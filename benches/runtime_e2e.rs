@@ -3,7 +3,7 @@
 //! Needs the local services (`eval "$(scripts/services.sh start)"`).
 //!
 //! cargo bench --bench runtime_e2e            (STRATA_BENCH_EVENTS, default 100000)
-//! Goal (issue 6): the runtime at ≥ 0.6 of the raw loop's rate.
+//! Goal: the runtime at ≥ 0.6 of the raw loop's rate.
 
 /// Decoded events are trees of small allocations, which mimalloc serves faster than the
 /// system allocator; benchmarks use the allocator the binary uses.

@@ -4,7 +4,7 @@
 //! (`eval "$(scripts/services.sh start)"`).
 //!
 //! cargo bench --bench sinks          (STRATA_BENCH_ROWS, default 100000)
-//! Goal (issue 8): ≥ 50k rows/s into PostgreSQL.
+//! Goal: ≥ 50k rows/s into PostgreSQL.
 
 /// Decoded events are trees of small allocations, which mimalloc serves faster than the
 /// system allocator; benchmarks use the allocator the binary uses.

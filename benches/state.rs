@@ -2,7 +2,7 @@
 //! context (reads see the batch's own writes, one `WriteBatch` per 1000 events), no Kafka.
 //!
 //! cargo bench --bench state
-//! Goal (issue 6): ≥ 200k events/s per core.
+//! Goal: ≥ 200k events/s per core.
 
 /// Decoded events are trees of small allocations, which mimalloc serves faster than the
 /// system allocator; benchmarks use the allocator the binary uses.
