@@ -76,20 +76,7 @@ async fn added_columns_and_unchanged_toast_values_reach_every_store() {
     let (url, mut db) = support::fresh_db("columns").await;
     let dir = tempfile::tempdir().unwrap();
     let registry = support::start_registry(&dir.path().join("registry")).await;
-    let generated = Command::new(STRATA)
-        .args([
-            "generate",
-            "--url",
-            &url,
-            "--members",
-            "60",
-            "--providers",
-            "20",
-        ])
-        .args(["--claims", "300", "--seed", "5"])
-        .output()
-        .unwrap();
-    assert!(generated.status.success(), "{generated:?}");
+    support::generate(&url, 60, 20, 300, 5);
     let region = format!("cols{}", std::process::id());
     let slot = format!("strata_{region}");
     let log = dir.path().join("strata.log");

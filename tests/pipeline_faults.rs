@@ -218,20 +218,7 @@ async fn the_stores_equal_the_source_in_every_column_after_every_round_of_crashe
     };
     let (url, db) = support::fresh_db("faults").await;
     drop(db);
-    let generated = Command::new(STRATA)
-        .args([
-            "generate",
-            "--url",
-            &url,
-            "--members",
-            "120",
-            "--providers",
-            "20",
-        ])
-        .args(["--claims", "400", "--seed", "11"])
-        .output()
-        .unwrap();
-    assert!(generated.status.success(), "{generated:?}");
+    support::generate(&url, 120, 20, 400, 11);
 
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().to_path_buf();

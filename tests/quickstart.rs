@@ -18,20 +18,7 @@ async fn quickstart_stores_match_the_source() {
     let (url, mut db) = support::fresh_db("quickstart").await;
     let dir = tempfile::tempdir().unwrap();
     let registry = support::start_registry(&dir.path().join("registry")).await;
-    let generated = Command::new(STRATA)
-        .args([
-            "generate",
-            "--url",
-            &url,
-            "--members",
-            "300",
-            "--providers",
-            "40",
-        ])
-        .args(["--claims", "3000", "--seed", "7"])
-        .output()
-        .unwrap();
-    assert!(generated.status.success(), "{generated:?}");
+    support::generate(&url, 300, 40, 3000, 7);
 
     let region = format!("qs{}", std::process::id());
     let slot = format!("strata_{region}");

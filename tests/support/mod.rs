@@ -226,6 +226,19 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `strata generate` of a claims workload into the database at `url`, deterministic for
+/// `seed`; a failure fails the test.
+pub fn generate(url: &str, members: u32, providers: u32, claims: u32, seed: u32) {
+    let generated = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["generate", "--url", url])
+        .args(["--members", &members.to_string()])
+        .args(["--providers", &providers.to_string()])
+        .args(["--claims", &claims.to_string(), "--seed", &seed.to_string()])
+        .output()
+        .expect("strata generate runs");
+    assert!(generated.status.success(), "{generated:?}");
+}
+
 /// A tiny deterministic generator, so a failing seed can be rerun.
 pub struct Lcg(pub u64);
 impl Lcg {

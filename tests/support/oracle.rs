@@ -221,7 +221,6 @@ struct Archived {
 pub struct Cold {
     latest: BTreeMap<(String, String), Archived>,
     analysed: BTreeSet<i64>,
-    pub records: u64,
 }
 
 fn field<'v>(v: &'v Value, name: &str) -> Option<&'v Value> {
@@ -268,7 +267,6 @@ pub async fn read_cold(root: &Path) -> Cold {
     let mut cold = Cold {
         latest: BTreeMap::new(),
         analysed: BTreeSet::new(),
-        records: 0,
     };
     if !root.exists() {
         return cold;
@@ -297,7 +295,6 @@ pub async fn read_cold(root: &Path) -> Cold {
                 .collect();
             for value in reader {
                 let value = value.unwrap_or_else(|e| panic!("{}: {e}", entry.file));
-                cold.records += 1;
                 if let Some(Value::Long(claim)) = field(&value, "claim_id") {
                     if field(&value, "analysis_id").is_some() {
                         cold.analysed.insert(*claim);
