@@ -199,8 +199,13 @@ impl PgStore {
                 ))
                 .execute(&pool)
                 .await
-                .map_err(|e| {
-                    SinkError::Fatal(format!("adding column {column} {ty} to {qualified}: {e}"))
+                .map_err(|e| match e {
+                    // The store refused the column: a person must look.
+                    sqlx::Error::Database(_) => {
+                        SinkError::Fatal(format!("adding column {column} {ty} to {qualified}: {e}"))
+                    }
+                    // The store was away (a restart, a cut): the batch is retried.
+                    e => transient(e),
                 })?;
                 tracing::info!(table = %qualified, %column, r#type = %ty, "added a column the source added");
                 added = true;
