@@ -40,4 +40,14 @@ if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
   "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
     || die "cannot install moto from PyPI"
 fi
+# Confluent's Python client, a client no one here wrote, for the registry and topic
+# compatibility test (tests/confluent_client.rs).
+CONFLUENT_KAFKA_VERSION="${STRATA_CONFLUENT_KAFKA_VERSION:-2.16.2}"
+if ! "$STRATA_PY_CLIENTS_VENV/bin/python" -c "import confluent_kafka, fastavro" 2>/dev/null; then
+  log "installing confluent-kafka $CONFLUENT_KAFKA_VERSION into $STRATA_PY_CLIENTS_VENV (client compatibility test)"
+  python3 -m venv "$STRATA_PY_CLIENTS_VENV" || die "python3 -m venv failed; install python3-venv"
+  "$STRATA_PY_CLIENTS_VENV/bin/pip" install -q --disable-pip-version-check \
+    "confluent-kafka[avro,schemaregistry]==$CONFLUENT_KAFKA_VERSION" \
+    || die "cannot install confluent-kafka from PyPI"
+fi
 log "dependencies are installed"

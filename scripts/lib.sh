@@ -8,6 +8,7 @@ KAFKA_PORT="${STRATA_KAFKA_PORT:-19092}"
 REGISTRY_PORT="${STRATA_REGISTRY_PORT:-18081}"
 S3_PORT="${STRATA_S3_PORT:-19000}"
 MOTO_VENV="${STRATA_MOTO_VENV:-$HOME/.cache/strata/moto}"
+export STRATA_PY_CLIENTS_VENV="${STRATA_PY_CLIENTS_VENV:-$HOME/.cache/strata/pyclients}"
 PG_BIN="${STRATA_PG_BIN:-/usr/lib/postgresql/15/bin}"
 
 log() { printf '[strata] %s\n' "$*" >&2; }

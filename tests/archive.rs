@@ -20,19 +20,23 @@ use strata_pipeline::runtime::{Sink, SinkRecord};
 
 const SCHEMA: &str = r#"{"type":"record","name":"Event","namespace":"strata.test.archive","fields":[
   {"name":"after","type":{"type":"record","name":"Row","fields":[{"name":"claim_id","type":"long"}]}},
-  {"name":"source","type":{"type":"record","name":"Source","fields":[
+  {"name":"source","type":{"type":"record","name":"Source","namespace":"strata.test.shared","fields":[
     {"name":"position","type":"string"},{"name":"ts_ms","type":"long"}]}},
   {"name":"op","type":"string"}]}"#;
 
 async fn codec_and_schema() -> (Arc<Codec>, u32) {
     let settings = serde_json::from_value(json!({ "url": support::registry_url() })).unwrap();
     let codec = Arc::new(Codec::new(&settings).unwrap());
-    let id = codec
-        .registry()
-        .register(&support::unique("strata-test-archive"), SCHEMA)
-        .await
-        .expect("the registry from scripts/services.sh is running");
+    let id = register(&codec, SCHEMA).await;
     (codec, id)
+}
+
+async fn register(codec: &Codec, schema: &str) -> u32 {
+    codec
+        .registry()
+        .register(&support::unique("strata-test-archive"), schema)
+        .await
+        .expect("the registry from scripts/services.sh is running")
 }
 
 fn record(schema_id: u32, partition: i32, offset: i64) -> SinkRecord {
@@ -76,7 +80,10 @@ async fn archived_ids(archive: &Archive) -> Vec<i64> {
         }
         let bytes = archive.read(&path).await.unwrap();
         for value in apache_avro::Reader::new(&bytes[..]).unwrap() {
-            let value = value.unwrap();
+            let value = match value.unwrap() {
+                Value::Union(_, record) => *record,
+                record => record,
+            };
             let after = record_field(&value, "after").unwrap();
             match record_field(after, "claim_id") {
                 Some(Value::Long(id)) => ids.push(*id),
@@ -114,6 +121,48 @@ async fn archive_once_across_redelivery_and_restart(config: ColdSinkConfig) -> A
         (2, 100, None)
     );
     archive
+}
+
+#[tokio::test]
+async fn interleaved_tables_share_one_file_per_partition_and_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("archive");
+    let config: ColdSinkConfig =
+        serde_json::from_value(json!({ "path": root.to_str().unwrap() })).unwrap();
+    let (codec, claims) = codec_and_schema().await;
+    // Another table: its own names, the same shared `Source` type.
+    let lines = register(
+        &codec,
+        &SCHEMA.replace("strata.test.archive", "strata.test.lines"),
+    )
+    .await;
+    let mut sink = ColdSink::new(&config, codec.clone());
+    sink.open().await.unwrap();
+    let batch: Vec<SinkRecord> = (0..40)
+        .map(|o| record(if o % 4 < 2 { claims } else { lines }, (o % 2) as i32, o))
+        .collect();
+    sink.write(&batch).await.unwrap();
+    let archive = Archive::open(&config.path, &config.store_options()).unwrap();
+    for partition in [0, 1] {
+        let entries = archive.manifest(partition).await.unwrap();
+        assert_eq!(
+            entries.len(),
+            1,
+            "one file for partition {partition}: {entries:?}"
+        );
+        assert_eq!(entries[0].records, 20);
+        assert!(
+            entries[0].file.starts_with("archived=")
+                && entries[0]
+                    .file
+                    .ends_with(&format!("-s{claims}_{lines}.avro")),
+            "{}",
+            entries[0].file
+        );
+    }
+    assert_eq!(archived_ids(&archive).await, (0..40).collect::<Vec<_>>());
+    let report = archive.verify().await.unwrap();
+    assert_eq!((report.files, report.records, report.broken), (2, 40, None));
 }
 
 /// The path of one archived data file.

@@ -3,31 +3,9 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// tests/topologies/minimal.yaml pointed at the given services, written into `dir`.
-fn topology(dir: &Path, registry: &str, pg_url: &str, slot: &str) -> PathBuf {
-    let minimal = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/topologies/minimal.yaml");
-    let text = std::fs::read_to_string(minimal)
-        .unwrap()
-        // Each run its own region, so its topics and consumer groups: deployments of
-        // tests running side by side in one group would take each other's partitions.
-        .replace(
-            "region: test",
-            &format!("region: {}", support::unique("run").replace('_', "-")),
-        )
-        .replace("127.0.0.1:19092", &support::kafka_brokers())
-        .replace("http://127.0.0.1:18081", registry)
-        .replace("postgres://postgres@127.0.0.1:15432/claims", pg_url)
-        .replace("slot: slot", &format!("slot: {slot}"))
-        // Each run its own state directory: two processes cannot share a RocksDB.
-        .replace("/tmp/strata-test", &dir.join("state").display().to_string());
-    let file = dir.join("topology.yaml");
-    std::fs::write(&file, text).unwrap();
-    file
-}
 
 /// A database with a claims table, a registry, and the minimal topology over them.
 struct Deployment {
@@ -50,7 +28,7 @@ async fn deployment(name: &str) -> Deployment {
     let dir = tempfile::tempdir().unwrap();
     let registry = support::start_registry(&dir.path().join("registry")).await;
     let slot = format!("{name}_slot_{}", std::process::id());
-    let file = topology(dir.path(), &registry.url, &db_url, &slot);
+    let file = support::minimal_topology(dir.path(), &registry.url, &db_url, &slot);
     Deployment {
         db_url,
         db,
@@ -279,7 +257,7 @@ async fn a_hung_sql_server_holds_up_no_other_source() {
 async fn a_failing_component_stops_the_run_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let registry = support::start_registry(&dir.path().join("registry")).await;
-    let file = topology(
+    let file = support::minimal_topology(
         dir.path(),
         &registry.url,
         "postgres://postgres@127.0.0.1:9/claims",

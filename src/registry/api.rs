@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::compat::Level;
+use super::params::Flags;
 use super::store::{parse_schema, RegisterError, Store, StoreError};
 
 pub type Shared = Arc<Mutex<Store>>;
@@ -159,18 +160,6 @@ fn schema_body(body: &Bytes) -> Result<SchemaBody, ApiError> {
         ));
     }
     Ok(body)
-}
-
-#[derive(Deserialize, Default)]
-struct Flags {
-    #[serde(default)]
-    deleted: bool,
-    #[serde(default)]
-    permanent: bool,
-    #[serde(default, rename = "defaultToGlobal")]
-    default_to_global: bool,
-    #[serde(default)]
-    verbose: bool,
 }
 
 /// `latest`, `-1` or a positive number.

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod compat;
+mod params;
 pub mod store;
 
 use std::net::SocketAddr;

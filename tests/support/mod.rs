@@ -10,7 +10,7 @@ pub mod writer;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use strata_pipeline::ops::shutdown::CancellationToken;
@@ -124,6 +124,28 @@ impl Registry {
         self.stop.cancel();
         self.task.await.expect("registry task ends");
     }
+}
+
+/// tests/topologies/minimal.yaml pointed at the given services, written into `dir`.
+pub fn minimal_topology(dir: &Path, registry: &str, pg_url: &str, slot: &str) -> PathBuf {
+    let minimal = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/topologies/minimal.yaml");
+    let text = std::fs::read_to_string(minimal)
+        .unwrap()
+        // Each run its own region, so its topics and consumer groups: deployments of
+        // tests running side by side in one group would take each other's partitions.
+        .replace(
+            "region: test",
+            &format!("region: {}", unique("run").replace('_', "-")),
+        )
+        .replace("127.0.0.1:19092", &kafka_brokers())
+        .replace("http://127.0.0.1:18081", registry)
+        .replace("postgres://postgres@127.0.0.1:15432/claims", pg_url)
+        .replace("slot: slot", &format!("slot: {slot}"))
+        // Each run its own state directory: two processes cannot share a RocksDB.
+        .replace("/tmp/strata-test", &dir.join("state").display().to_string());
+    let file = dir.join("topology.yaml");
+    std::fs::write(&file, text).unwrap();
+    file
 }
 
 /// A fresh, empty database for one test (dropped and recreated on every run).

@@ -295,6 +295,13 @@ pub async fn read_cold(root: &Path) -> Cold {
                 .collect();
             for value in reader {
                 let value = value.unwrap_or_else(|e| panic!("{}: {e}", entry.file));
+                // A file of several writer schemas holds each record as its union branch.
+                let (value, schema) = match (value, &schema) {
+                    (Value::Union(branch, value), Schema::Union(union)) => {
+                        (*value, union.variants()[branch as usize].clone())
+                    }
+                    (value, schema) => (value, schema.clone()),
+                };
                 if let Some(Value::Long(claim)) = field(&value, "claim_id") {
                     if field(&value, "analysis_id").is_some() {
                         cold.analysed.insert(*claim);

@@ -3,12 +3,19 @@
 //!
 //! Layout under the archive's root (a local directory, or `s3://bucket/prefix`):
 //! ```text
-//! date=2026-11-25/p0003-00000000000000001000-00000000000000001999-s17.avro
+//! archived=2026-11-25/p0003-00000000000000001000-00000000000000001999-s17_18_21.avro
 //! manifest/p0003/00000000000000000042.json
 //! ```
-//! A file holds the records of one input partition, one writer schema (`s17`), over an
-//! offset range; its name is that range, so writing it again after a crash replaces it
-//! with the same content. Each manifest entry is its own object (object stores have no
+//! A file holds the records of one input partition over an offset range, rolled by size
+//! or by the sink's roll interval; its schema is the writer schema of its records, or the
+//! union of several (`s17_18_21`, see [`super::union`]). Its name is that range, so
+//! writing it again after a crash replaces it with the same content. Files are grouped
+//! by the UTC day they were archived, not by a date inside the records: a day's prefix
+//! is complete once the day is over (what retention, legal holds and object locks are
+//! set on), and a batch of old claims does not scatter over hundreds of prefixes; the
+//! records keep their own dates, and the manifests say where each offset is. (Archives
+//! written with the older `date=` prefixes stay readable: the manifests name every file.)
+//! Each manifest entry is its own object (object stores have no
 //! append), named by its sequence number; it lists a file with its SHA-256, its ranges
 //! and `prev` (the previous entry's hash); the entry's own `hash` covers all of that.
 //! Records at or below the manifest's last offset are skipped, so the archive holds each
@@ -111,17 +118,24 @@ fn entry_path(partition: i32, seq: u64) -> Path {
     Path::from(format!("manifest/p{partition:04}/{seq:020}.json"))
 }
 
-/// One file's worth of records, already encoded as Avro datums of `schema`.
+/// Records for one file, as Avro values of `schema`, in offset order. The file takes
+/// them until it reaches `roll_bytes`; [`Archive::append`] says how many it took.
 pub struct FileBatch<'a> {
-    pub date: String,
+    /// The UTC day of archiving, `YYYY-MM-DD`.
+    pub day: String,
     pub partition: i32,
-    pub schema_id: u32,
+    /// The writer schema ids, `_`-joined: part of the file's name.
+    pub schema_ids: String,
     pub schema: &'a apache_avro::Schema,
     pub records: Vec<apache_avro::types::Value>,
+    /// Each record's offset and source position.
+    pub offsets: Vec<i64>,
+    pub positions: Vec<Option<String>>,
+    /// The first offset the file covers (after the previous file's last).
     pub first_offset: i64,
+    /// The last offset covered when the file takes every record.
     pub last_offset: i64,
-    pub first_position: Option<String>,
-    pub last_position: Option<String>,
+    pub roll_bytes: u64,
 }
 
 /// What `verify` found.
@@ -327,14 +341,21 @@ impl Archive {
         Ok(out)
     }
 
-    /// Writes `batch` as a container file, then its manifest entry.
+    /// Writes the records of `batch` that fit in one file as a container file, then its
+    /// manifest entry. The entry's `records` is how many it took (at least one).
     pub async fn append(&self, batch: FileBatch<'_>) -> Result<Entry, ArchiveError> {
+        let total = batch.records.len();
+        let (bytes, taken) = encode(batch.schema, batch.records, batch.roll_bytes)?;
+        let last_offset = if taken == total {
+            batch.last_offset
+        } else {
+            batch.offsets[taken] - 1
+        };
         let name = format!(
-            "date={}/p{:04}-{:020}-{:020}-s{}.avro",
-            batch.date, batch.partition, batch.first_offset, batch.last_offset, batch.schema_id
+            "archived={}/p{:04}-{:020}-{:020}-s{}.avro",
+            batch.day, batch.partition, batch.first_offset, last_offset, batch.schema_ids
         );
-        let count = batch.records.len() as u64;
-        let bytes = encode(batch.schema, batch.records)?;
+        let count = taken as u64;
         let sha256 = hex(&Sha256::digest(&bytes));
         self.put(&Path::from(name.as_str()), bytes).await?;
 
@@ -346,9 +367,13 @@ impl Archive {
             records: count,
             partition: batch.partition,
             first_offset: batch.first_offset,
-            last_offset: batch.last_offset,
-            first_position: batch.first_position,
-            last_position: batch.last_position,
+            last_offset,
+            first_position: batch.positions.first().cloned().flatten(),
+            last_position: batch
+                .positions
+                .get(taken.wrapping_sub(1))
+                .cloned()
+                .flatten(),
             prev: previous.map_or_else(|| GENESIS.to_string(), |e| e.hash),
             hash: String::new(),
         };
@@ -456,17 +481,32 @@ fn discontinuity(previous: Option<&Entry>, entry: &Entry) -> Option<String> {
     }
 }
 
+/// Records per Avro block: how often a file's size is checked against its roll size.
+const BLOCK: usize = 1_000;
+
+/// Encodes `records` into one container file until it holds `roll_bytes` (checked at
+/// each block, so a file ends within one block of it); returns the file and how many
+/// records it took.
 fn encode(
     schema: &apache_avro::Schema,
     records: Vec<apache_avro::types::Value>,
-) -> Result<Vec<u8>, ArchiveError> {
+    roll_bytes: u64,
+) -> Result<(Vec<u8>, usize), ArchiveError> {
     let avro = |e: apache_avro::Error| ArchiveError::Avro(e.to_string());
     let mut writer = apache_avro::Writer::with_codec(schema, Vec::new(), apache_avro::Codec::Null)
         .map_err(avro)?;
+    let mut taken = 0;
     for r in records {
         writer.append_value(r).map_err(avro)?;
+        taken += 1;
+        if taken % BLOCK == 0 {
+            writer.flush().map_err(avro)?;
+            if writer.get_ref().len() as u64 >= roll_bytes {
+                break;
+            }
+        }
     }
-    writer.into_inner().map_err(avro)
+    Ok((writer.into_inner().map_err(avro)?, taken))
 }
 
 fn check_file(entry: &Entry, bytes: &[u8]) -> Option<String> {
@@ -491,139 +531,5 @@ fn check_file(entry: &Entry, bytes: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use apache_avro::types::Value;
-
-    fn schema() -> apache_avro::Schema {
-        apache_avro::Schema::parse_str(
-            r#"{"type":"record","name":"R","fields":[{"name":"n","type":"long"}]}"#,
-        )
-        .unwrap()
-    }
-
-    fn batch(schema: &apache_avro::Schema, first: i64, n: i64) -> FileBatch<'_> {
-        FileBatch {
-            date: "2026-11-25".into(),
-            partition: 1,
-            schema_id: 7,
-            schema,
-            records: (first..first + n)
-                .map(|i| Value::Record(vec![("n".into(), Value::Long(i))]))
-                .collect(),
-            first_offset: first,
-            last_offset: first + n - 1,
-            first_position: None,
-            last_position: None,
-        }
-    }
-
-    /// A fresh handle on the same directory, as after a restart.
-    fn reopen(dir: &tempfile::TempDir) -> Archive {
-        Archive::open(dir.path().to_str().unwrap(), &BTreeMap::new()).unwrap()
-    }
-
-    #[tokio::test]
-    async fn chain_verifies_and_catches_tampering() {
-        let dir = tempfile::tempdir().unwrap();
-        let schema = schema();
-        let archive = reopen(&dir);
-        archive.append(batch(&schema, 0, 10)).await.unwrap();
-        let second = archive.append(batch(&schema, 10, 5)).await.unwrap();
-        archive.append(batch(&schema, 15, 5)).await.unwrap();
-        let ok = reopen(&dir).verify().await.unwrap();
-        assert_eq!((ok.files, ok.records, ok.broken), (3, 20, None));
-        assert_eq!(reopen(&dir).archived_offsets().await.unwrap()[&1], 19);
-
-        // Flip one byte of the second file.
-        let path = dir.path().join(&second.file);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
-        std::fs::write(&path, bytes).unwrap();
-        let bad = reopen(&dir).verify().await.unwrap();
-        let (_, seq, why) = bad.broken.expect("tampering caught");
-        assert_eq!(seq, 1);
-        assert!(why.contains("SHA-256"), "{why}");
-    }
-
-    #[tokio::test]
-    async fn edited_or_removed_entries_break_the_chain() {
-        let dir = tempfile::tempdir().unwrap();
-        let schema = schema();
-        let archive = reopen(&dir);
-        for i in 0..3 {
-            archive.append(batch(&schema, i * 10, 10)).await.unwrap();
-        }
-        let entry = |seq| dir.path().join(entry_path(1, seq).as_ref());
-        let first = std::fs::read_to_string(entry(0)).unwrap();
-        std::fs::write(entry(0), first.replace("\"records\":10", "\"records\":9")).unwrap();
-        let (_, seq, why) = reopen(&dir).verify().await.unwrap().broken.unwrap();
-        assert_eq!(seq, 0);
-        assert!(why.contains("edited"), "{why}");
-        std::fs::write(entry(0), first).unwrap();
-
-        std::fs::remove_file(entry(1)).unwrap();
-        let (_, seq, why) = reopen(&dir).verify().await.unwrap().broken.unwrap();
-        assert_eq!(seq, 1);
-        assert!(why.contains("missing"), "{why}");
-    }
-
-    #[tokio::test]
-    async fn a_chain_rebuilt_without_a_file_is_a_gap() {
-        let dir = tempfile::tempdir().unwrap();
-        let schema = schema();
-        let archive = reopen(&dir);
-        for i in 0..3 {
-            archive.append(batch(&schema, i * 10, 10)).await.unwrap();
-        }
-        // Someone who can rewrite the whole manifest drops the middle file's records and
-        // recomputes every hash: the chain holds, the offsets do not.
-        let manifest = dir.path().join("manifest");
-        std::fs::remove_dir_all(&manifest).unwrap();
-        let rebuilt = reopen(&dir);
-        rebuilt.append(batch(&schema, 0, 10)).await.unwrap();
-        rebuilt.append(batch(&schema, 20, 10)).await.unwrap();
-        let (partition, seq, why) = reopen(&dir).verify().await.unwrap().broken.unwrap();
-        assert_eq!((partition, seq), (1, 1));
-        assert!(
-            why.contains("offsets 10..=19 of partition 1 are in no file"),
-            "{why}"
-        );
-
-        // An overlap is caught the same way.
-        std::fs::remove_dir_all(&manifest).unwrap();
-        let overlapping = reopen(&dir);
-        overlapping.append(batch(&schema, 0, 10)).await.unwrap();
-        overlapping.append(batch(&schema, 5, 10)).await.unwrap();
-        let (_, seq, why) = reopen(&dir).verify().await.unwrap().broken.unwrap();
-        assert_eq!(seq, 1);
-        assert!(why.contains("overlap"), "{why}");
-    }
-
-    #[tokio::test]
-    async fn works_on_any_object_store() {
-        let store = Arc::new(object_store::memory::InMemory::new());
-        let archive = Archive::with_store(store.clone(), None, "memory://");
-        let schema = schema();
-        archive.append(batch(&schema, 0, 4)).await.unwrap();
-        archive.append(batch(&schema, 4, 4)).await.unwrap();
-        let again = Archive::with_store(store, None, "memory://");
-        assert_eq!(again.archived_offsets().await.unwrap()[&1], 7);
-        let report = again.verify().await.unwrap();
-        assert_eq!((report.manifests, report.files, report.records), (1, 2, 8));
-    }
-
-    #[test]
-    fn bad_locations_say_what_to_use() {
-        let none = BTreeMap::new();
-        let err = Archive::open("gs://bucket/x", &none)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("s3://bucket/prefix"), "{err}");
-        let opts = BTreeMap::from([("aws_endpointt".to_string(), "x".to_string())]);
-        let err = Archive::open("s3://b/p", &opts).err().unwrap().to_string();
-        assert!(err.contains("unknown S3 option `aws_endpointt`"), "{err}");
-    }
-}
+#[path = "archive_tests.rs"]
+mod tests;

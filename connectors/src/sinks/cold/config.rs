@@ -21,10 +21,10 @@ pub struct ColdSinkConfig {
     pub access_key_id: Option<String>,
     #[serde(default)]
     pub secret_access_key: Option<Secret>,
-    /// A file is closed when it reaches this size…
-    #[serde(default = "default_file_size")]
-    pub max_file_size: Size,
-    /// …or when it has been open this long.
+    /// A file is closed when it reaches this size (within one block of 1,000 records)…
+    #[serde(default = "default_roll_size", alias = "max_file_size")]
+    pub roll_size: Size,
+    /// …or when its first record has waited this long (the sink's batch interval).
     #[serde(default = "default_roll")]
     pub roll_interval: Duration,
     /// PostgreSQL stores that claims move out of: each claim row archived here is then
@@ -40,7 +40,7 @@ pub struct EvictTarget {
     pub schema: String,
 }
 
-fn default_file_size() -> Size {
+fn default_roll_size() -> Size {
     Size(64 << 20)
 }
 fn default_roll() -> Duration {
@@ -78,12 +78,21 @@ impl ColdSinkConfig {
                 hint: Some("e.g. ./.strata/archive/${region}".into()),
             });
         }
-        if self.max_file_size.0 < 4096 {
+        if self.roll_size.0 < 4096 {
             errors.push(SettingsError {
                 kind: DiagnosticKind::InvalidValue,
-                path: "max_file_size".into(),
-                message: "max_file_size must be at least 4KiB".into(),
-                hint: Some("64MiB is usual".into()),
+                path: "roll_size".into(),
+                message: "roll_size must be at least 4KiB: a file must hold a block of records"
+                    .into(),
+                hint: Some("64MiB, the default, suits object stores".into()),
+            });
+        }
+        if self.roll_interval.0.is_zero() {
+            errors.push(SettingsError {
+                kind: DiagnosticKind::InvalidValue,
+                path: "roll_interval".into(),
+                message: "roll_interval must be longer than zero: every record would be a file".into(),
+                hint: Some("60s, the default; longer for fewer files, shorter for a quicker eviction from warm and hot".into()),
             });
         }
         errors

@@ -3,6 +3,7 @@
 pub mod archive;
 mod config;
 mod sink;
+mod union;
 
 pub use config::{ColdSinkConfig, EvictTarget};
 pub use sink::ColdSink;
@@ -14,7 +15,7 @@ pub fn kind() -> TypedKind<ColdSinkConfig> {
         name: "cold_archive",
         role: Role::Sink,
         summary:
-            "append-only Avro files by date, named by position range, in a hash-chained manifest",
+            "append-only Avro files per partition, rolled by size or interval, named by offset range, in a hash-chained manifest",
         ports: |_| Ports::default(),
         check: ColdSinkConfig::check,
     }

@@ -1,6 +1,7 @@
-//! The cold archive as a [`Sink`]: each batch becomes container files in offset order
-//! (a new file whenever the writer schema changes), then moved claims are evicted from
-//! the warmer stores.
+//! The cold archive as a [`Sink`]: each batch (the sink's roll interval, or its row
+//! limit) becomes, per input partition, one container file in offset order — more only
+//! where the file reaches its roll size or two versions of one table's schema meet —
+//! then moved claims are evicted from the warmer stores.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use strata_pipeline::runtime::{Rejected, Sink, SinkError, SinkRecord};
 
 use super::archive::{Archive, ArchiveError, FileBatch};
 use super::config::ColdSinkConfig;
+use super::union::Union;
 use crate::sinks::pg_store::PgStore;
 
 pub struct ColdSink {
@@ -21,7 +23,9 @@ pub struct ColdSink {
     /// Opened by `open`.
     archive: Option<Archive>,
     codec: Arc<Codec>,
-    schemas: HashMap<u32, &'static apache_avro::Schema>,
+    /// Writer schemas' JSON by id, fetched once.
+    schemas: HashMap<u32, String>,
+    roll_bytes: u64,
     /// Last archived offset per input partition (from the manifests).
     archived: BTreeMap<i32, i64>,
     evict: Vec<PgStore>,
@@ -35,6 +39,7 @@ impl ColdSink {
             archive: None,
             codec,
             schemas: HashMap::new(),
+            roll_bytes: config.roll_size.0,
             archived: BTreeMap::new(),
             evict: config
                 .evict_from
@@ -52,22 +57,40 @@ impl ColdSink {
         }
     }
 
-    async fn schema(&mut self, id: u32) -> Result<&'static apache_avro::Schema, SinkError> {
-        if let Some(s) = self.schemas.get(&id) {
-            return Ok(s);
+    async fn schema_text(&mut self, id: u32) -> Result<&str, SinkError> {
+        if !self.schemas.contains_key(&id) {
+            let text = self
+                .codec
+                .registry()
+                .fetch(id)
+                .await
+                .map_err(|e| SinkError::Transient(e.to_string()))?;
+            self.schemas.insert(id, text);
         }
-        let text = self
-            .codec
-            .registry()
-            .fetch(id)
-            .await
-            .map_err(|e| SinkError::Transient(e.to_string()))?;
-        let schema = apache_avro::Schema::parse_str(&text)
-            .map_err(|e| SinkError::Fatal(format!("schema {id} is not valid Avro: {e}")))?;
-        // A handful per deployment, kept for the process's life like the codec's.
-        let schema: &'static apache_avro::Schema = Box::leak(Box::new(schema));
-        self.schemas.insert(id, schema);
-        Ok(schema)
+        Ok(&self.schemas[&id])
+    }
+
+    /// The file schema for the longest prefix of `run` whose writer schemas can share a
+    /// file, and that prefix's length (at least one record).
+    async fn union_of(&mut self, run: &[&SinkRecord]) -> Result<(Union, usize), SinkError> {
+        let mut union = Union::default();
+        for (n, r) in run.iter().enumerate() {
+            let id = r.value_schema_id.unwrap_or_default();
+            if union.branch(id).is_some() {
+                continue;
+            }
+            let text = self.schema_text(id).await?.to_string();
+            if !union.add(id, &text) {
+                if union.is_empty() {
+                    return Err(SinkError::Fatal(format!(
+                        "writer schema {id} (partition {}, offset {}) is not an Avro schema in JSON",
+                        r.partition, r.offset
+                    )));
+                }
+                return Ok((union, n));
+            }
+        }
+        Ok((union, run.len()))
     }
 
     async fn write_batch(&mut self, records: &[SinkRecord]) -> Result<Vec<Rejected>, SinkError> {
@@ -91,55 +114,48 @@ impl ColdSink {
                 by_partition.entry(r.partition).or_default().push(r);
             }
         }
+        let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
         for (partition, mut list) in by_partition {
             list.sort_by_key(|r| r.offset);
             let (first, to) = covered[&partition];
             let mut from = self.archived.get(&partition).map_or(first, |last| last + 1);
-            // Runs of one schema, in offset order.
             let mut start = 0;
             while start < list.len() {
-                let id = list[start].value_schema_id.unwrap_or_default();
-                let end = list[start..]
-                    .iter()
-                    .position(|r| r.value_schema_id.unwrap_or_default() != id)
-                    .map_or(list.len(), |n| start + n);
+                let (union, end) = self.union_of(&list[start..]).await?;
+                let end = start + end;
                 let run = &list[start..end];
-                let schema = self.schema(id).await?;
-                let position = |r: &SinkRecord| {
-                    let v = r.value.as_ref()?;
-                    let source = record_field(v, "source")?;
-                    match record_field(source, "position")? {
-                        Value::String(s) => Some(s.clone()),
-                        _ => None,
-                    }
-                };
-                let ts = run
-                    .first()
-                    .and_then(|r| r.value.as_ref())
-                    .and_then(|v| record_field(v, "source"))
-                    .and_then(|s| match record_field(s, "ts_ms") {
-                        Some(Value::Long(ms)) => Some(*ms),
-                        _ => None,
-                    })
-                    .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
-                let date = chrono::DateTime::from_timestamp_millis(ts)
-                    .unwrap_or_default()
-                    .format("%Y-%m-%d")
-                    .to_string();
+                let mut records = Vec::with_capacity(run.len());
+                for r in run {
+                    let branch = union
+                        .branch(r.value_schema_id.unwrap_or_default())
+                        .unwrap_or_default();
+                    let value = r.value.clone().unwrap_or(Value::Null);
+                    records.push(if union.len() > 1 {
+                        Value::Union(branch as u32, Box::new(value))
+                    } else {
+                        value
+                    });
+                }
+                let schema = union.schema().map_err(|e| {
+                    SinkError::Fatal(format!(
+                        "the writer schemas of partition {partition} do not form a file schema: {e}"
+                    ))
+                })?;
                 let batch = FileBatch {
-                    date,
+                    day: day.clone(),
                     partition,
-                    schema_id: id,
-                    schema,
-                    records: run.iter().filter_map(|r| r.value.clone()).collect(),
+                    schema_ids: union.ids(),
+                    schema: &schema,
+                    records,
+                    offsets: run.iter().map(|r| r.offset).collect(),
+                    positions: run.iter().map(|r| position(r)).collect(),
                     first_offset: from,
                     last_offset: if end == list.len() {
                         to
                     } else {
                         list[end].offset - 1
                     },
-                    first_position: position(run[0]),
-                    last_position: position(run[run.len() - 1]),
+                    roll_bytes: self.roll_bytes,
                 };
                 let archive = self
                     .archive
@@ -148,7 +164,7 @@ impl ColdSink {
                 let entry = archive.append(batch).await.map_err(transient)?;
                 self.archived.insert(partition, entry.last_offset);
                 from = entry.last_offset + 1;
-                start = end;
+                start += entry.records as usize;
             }
         }
         for store in &mut self.evict {
@@ -194,6 +210,15 @@ impl Sink for ColdSink {
         records: &'a [SinkRecord],
     ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>> {
         Box::pin(self.write_batch(records))
+    }
+}
+
+/// A change's source position, where it has one.
+fn position(r: &SinkRecord) -> Option<String> {
+    let source = record_field(r.value.as_ref()?, "source")?;
+    match record_field(source, "position")? {
+        Value::String(s) => Some(s.clone()),
+        _ => None,
     }
 }
 
