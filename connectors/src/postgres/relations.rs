@@ -57,7 +57,7 @@ pub use crate::emitter::TableShape;
 /// What a new `Relation` message means for a table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    /// First sight of the table in this session.
+    /// First sight of the table since the replication connection opened.
     New,
     /// Same columns as before (PostgreSQL resends relations after reconnects and cache resets).
     Unchanged,

@@ -141,7 +141,7 @@ impl PgStore {
             .await
             .map_err(transient)?;
         // One statement at a time: `raw_sql(..).execute` futures are not provably `Send`
-        // (sqlx issue 3150).
+        // (a known sqlx limitation).
         let ddl = self.ddl();
         let statements = ddl
             .split(";\n")
